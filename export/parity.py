@@ -1,0 +1,176 @@
+"""Parity proof: ONNX Runtime against PyTorch eval mode on the same inputs.
+
+Export and validation are separate steps, as in Optimum: `export_onnx` writes the file, `check_parity`
+measures it. The session comes from `services.runtime.create_session`, the function the services use.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from export.config import OnnxConfig, ParityTolerance
+from export.errors import PreprocessingMismatchError, ShapeMismatchError, ToleranceExceededError
+
+CLASS_AXIS = 1
+
+
+@dataclass
+class ParityCase:
+    """Inputs keyed by ONNX input name; `targets` (class indices) enable the task metric."""
+
+    name: str
+    inputs: dict[str, np.ndarray]
+    targets: np.ndarray | None = None
+    description: str = ""
+
+
+@dataclass
+class CaseResult:
+    name: str
+    description: str
+    input_shapes: dict[str, list[int]]
+    output_shape: list[int]
+    logits_max_abs_error: float
+    logits_max_rel_error: float
+    probability_max_abs_error: float
+    argmax_agreement: float
+    disagreements_beyond_tie: int
+    accuracy_pytorch: float | None
+    accuracy_onnx: float | None
+    passed: bool
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PreprocessingCheck:
+    """Serving-side preprocessing (services/) against fastai's own tensors for the same raw files."""
+
+    compared: int
+    max_abs_error: float
+    passed: bool
+    details: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class ParityReport:
+    task: str
+    provider: str
+    tolerance: dict
+    cases: list[CaseResult]
+    preprocessing: PreprocessingCheck | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(case.passed for case in self.cases) and (self.preprocessing is None or self.preprocessing.passed)
+
+    def failures(self) -> list[str]:
+        problems = [f"{case.name}: {problem}" for case in self.cases for problem in case.problems]
+        if self.preprocessing is not None and not self.preprocessing.passed:
+            problems.append(
+                f"preprocessing: serving tensors differ from fastai's by {self.preprocessing.max_abs_error:.3g}"
+            )
+        return problems
+
+    def to_dict(self) -> dict:
+        return {"passed": self.passed, **asdict(self)}
+
+    def write(self, path: Path) -> Path:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return Path(path)
+
+    def raise_for_failure(self) -> None:
+        if self.passed:
+            return
+        summary = "; ".join(self.failures())
+        if any("shape" in problem for problem in self.failures()):
+            raise ShapeMismatchError(f"parity failed: {summary}", report=self)
+        if self.preprocessing is not None and not self.preprocessing.passed and all(c.passed for c in self.cases):
+            raise PreprocessingMismatchError(f"parity failed: {summary}", report=self)
+        raise ToleranceExceededError(f"parity failed: {summary}", report=self)
+
+
+def softmax(logits: np.ndarray, axis: int = CLASS_AXIS) -> np.ndarray:
+    shifted = logits - logits.max(axis=axis, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=axis, keepdims=True)
+
+
+def torch_logits(module: torch.nn.Module, case: ParityCase, config: OnnxConfig) -> np.ndarray:
+    tensors = [torch.from_numpy(np.ascontiguousarray(case.inputs[name])) for name in config.input_names]
+    with torch.no_grad():
+        output = module.eval().cpu()(*tensors)
+    if isinstance(output, (tuple, list)):
+        output = output[0]
+    return output.detach().float().numpy()
+
+
+def compare_case(case: ParityCase, expected: np.ndarray, actual: np.ndarray, tolerance: ParityTolerance) -> CaseResult:
+    shapes = {name: list(array.shape) for name, array in case.inputs.items()}
+    if expected.shape != actual.shape:
+        return CaseResult(
+            case.name, case.description, shapes, list(actual.shape), float("inf"), float("inf"), float("inf"),
+            0.0, -1, None, None, False,
+            [f"output shape {list(actual.shape)} differs from PyTorch's {list(expected.shape)}"],
+        )
+    difference = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+    max_abs = float(difference.max()) if difference.size else 0.0
+    scale = float(np.abs(expected).max()) if expected.size else 0.0
+    max_rel = max_abs / scale if scale > 0 else max_abs
+    probability_error = float(np.abs(softmax(actual) - softmax(expected)).max()) if expected.size else 0.0
+    expected_class, actual_class = expected.argmax(CLASS_AXIS), actual.argmax(CLASS_AXIS)
+    agreement = float((expected_class == actual_class).mean()) if expected_class.size else 1.0
+    top_two = np.sort(expected, axis=CLASS_AXIS)
+    margin = np.take(top_two, -1, axis=CLASS_AXIS) - np.take(top_two, -2, axis=CLASS_AXIS)
+    disagreements = int(((expected_class != actual_class) & (margin > tolerance.tie_margin)).sum())
+    accuracy_pytorch = accuracy_onnx = None
+    if case.targets is not None:
+        accuracy_pytorch = float((expected_class == case.targets).mean())
+        accuracy_onnx = float((actual_class == case.targets).mean())
+
+    problems = []
+    if not np.allclose(actual, expected, atol=tolerance.logits_atol, rtol=tolerance.logits_rtol):
+        problems.append(
+            f"logits differ by up to {max_abs:.3g} (tolerance atol={tolerance.logits_atol:g}, rtol={tolerance.logits_rtol:g})"
+        )
+    if probability_error > tolerance.probability_atol:
+        problems.append(f"probabilities differ by up to {probability_error:.3g} (tolerance {tolerance.probability_atol:g})")
+    if disagreements:
+        problems.append(f"{disagreements} predicted classes disagree where PyTorch's margin exceeds {tolerance.tie_margin:g}")
+    return CaseResult(
+        case.name, case.description, shapes, list(actual.shape), max_abs, max_rel, probability_error, agreement,
+        disagreements, accuracy_pytorch, accuracy_onnx, not problems, problems,
+    )
+
+
+def check_parity(
+    task: str,
+    module: torch.nn.Module,
+    session: ort.InferenceSession,
+    config: OnnxConfig,
+    cases: list[ParityCase],
+    progress: Callable[[str], None] = lambda line: None,
+) -> ParityReport:
+    results = []
+    for case in cases:
+        expected = torch_logits(module, case, config)
+        feeds = {name: np.ascontiguousarray(case.inputs[name]) for name in config.input_names}
+        actual = session.run([config.output_names[0]], feeds)[0]
+        result = compare_case(case, expected, actual, config.tolerance)
+        progress(
+            f"  parity {case.name:<28} max|Δlogit|={result.logits_max_abs_error:.2e} "
+            f"agreement={result.argmax_agreement:.4f} {'ok' if result.passed else 'FAILED'}"
+        )
+        results.append(result)
+    return ParityReport(
+        task=task,
+        provider=session.get_providers()[0],
+        tolerance=asdict(config.tolerance),
+        cases=results,
+    )

@@ -1,0 +1,109 @@
+"""The human-readable report: training history, loss curves and the parity table, in Markdown."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from export.parity import ParityReport  # noqa: E402
+
+LOSS_PLOT = "loss_curve.png"
+
+
+@dataclass
+class TrainingSummary:
+    """What training did, in plain data (no fastai objects), for the manifest and the report."""
+
+    schedule: str
+    schedule_reason: str
+    epochs: list[dict] = field(default_factory=list)  # one row per epoch: stage, epoch, losses, metrics
+    batch_losses: list[float] = field(default_factory=list)
+    final_metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def plot_losses(summary: TrainingSummary, path: Path) -> Path:
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.plot(range(1, len(summary.batch_losses) + 1), summary.batch_losses, label="train (per batch)", alpha=0.6)
+    if summary.epochs and summary.batch_losses:
+        per_epoch = len(summary.batch_losses) / len(summary.epochs)
+        axis.plot(
+            [per_epoch * (i + 1) for i in range(len(summary.epochs))],
+            [row["valid_loss"] for row in summary.epochs], "o-", label="validation (per epoch)",
+        )
+    axis.set_xlabel("batch")
+    axis.set_ylabel("loss")
+    axis.set_title("Training and validation loss")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def _table(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    headers = list(rows[0])
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row[h]) for h in headers) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+    return str(value)
+
+
+def write_report(folder: Path, task: str, version: str, summary: TrainingSummary, parity: ParityReport, data_source: str) -> Path:
+    folder = Path(folder)
+    plot_losses(summary, folder / LOSS_PLOT)
+    parity_rows = [
+        {
+            "case": case.name,
+            "inputs": ", ".join(f"{name} {shape}" for name, shape in case.input_shapes.items()),
+            "max abs Δlogit": case.logits_max_abs_error,
+            "max rel Δlogit": case.logits_max_rel_error,
+            "max abs Δprob": case.probability_max_abs_error,
+            "argmax agreement": case.argmax_agreement,
+            "accuracy PyTorch": "-" if case.accuracy_pytorch is None else case.accuracy_pytorch,
+            "accuracy ONNX": "-" if case.accuracy_onnx is None else case.accuracy_onnx,
+            "passed": "yes" if case.passed else "NO",
+        }
+        for case in parity.cases
+    ]
+    preprocessing = ""
+    if parity.preprocessing is not None:
+        preprocessing = (
+            f"\nServing preprocessing vs fastai tensors: {parity.preprocessing.compared} raw files, "
+            f"max abs difference {parity.preprocessing.max_abs_error:.3g} "
+            f"({'passed' if parity.preprocessing.passed else 'FAILED'}).\n"
+        )
+    text = f"""# {task} model {version}
+
+Data: {data_source}
+
+## Training
+
+Schedule: {summary.schedule}; {summary.schedule_reason}. Took {summary.seconds:.0f} s.
+
+{_table(summary.epochs)}
+
+![loss curve]({LOSS_PLOT})
+
+## Parity: PyTorch eval mode vs ONNX Runtime ({parity.provider})
+
+Verdict: **{'passed' if parity.passed else 'FAILED'}**. Tolerances: {parity.tolerance}.
+
+{_table(parity_rows)}
+{preprocessing}"""
+    path = folder / "report.md"
+    path.write_text(text)
+    return path

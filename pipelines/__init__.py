@@ -1,0 +1,1 @@
+"""fastai training recipes and the `pipelines` command line."""

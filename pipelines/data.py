@@ -1,0 +1,66 @@
+"""Data helpers shared by tasks: the cache folder, embedded datasets, and book downloads."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from pipelines.errors import PipelineError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("PIPELINES_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fastai-onnx-pipelines"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def digits_image_folder(size: int = 32) -> Path:
+    """scikit-learn's bundled 8x8 digits written once as RGB JPEGs named like the book's pets files.
+
+    Files are `{digit name}_{n}.jpg`, so the book's `label_func` regex `^(.*)_\\d+.jpg$` gives the
+    class. Written to a temporary folder and renamed into place, so an interrupted run leaves no half
+    dataset behind.
+    """
+    folder = cache_dir() / f"digits_{size}px"
+    if folder.is_dir():
+        return folder
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    staging = Path(tempfile.mkdtemp(prefix="digits-", dir=cache_dir()))
+    try:
+        for n, (pixels, target) in enumerate(zip(digits.images, digits.target)):
+            grey = (pixels / 16.0 * 255.0).round().clip(0, 255).astype(np.uint8)
+            image = Image.fromarray(grey, mode="L").resize((size, size), Image.BICUBIC).convert("RGB")
+            image.save(staging / f"{DIGIT_NAMES[target]}_{n}.jpg", quality=95)
+        staging.rename(folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not folder.is_dir():
+            raise
+    return folder
+
+
+def download_book_dataset(url: str, description: str, offline_alternatives: str) -> Path:
+    """fastai's `untar_data`, with the failure a user without internet needs to read."""
+    from fastai.data.external import untar_data
+
+    try:
+        return Path(untar_data(url))
+    except Exception as error:  # urllib, requests and fastdownload raise many types
+        raise PipelineError(
+            f"could not download {description} from {url} ({type(error).__name__}: {error}). "
+            f"Without internet use {offline_alternatives}"
+        ) from None
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())

@@ -1,0 +1,67 @@
+"""The task spec: everything about one task in one place (DESIGN.md, "one task, one spec")."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import click
+
+from export.config import OnnxConfig
+from export.parity import ParityCase, PreprocessingCheck
+from export.report import TrainingSummary
+
+
+@dataclass
+class PreparedData:
+    dls: Any
+    source: str  # how a human would name the data: "digits (embedded, 1797 images)"
+    details: dict = field(default_factory=dict)
+
+
+class Task(ABC):
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    onnx_config: ClassVar[OnnxConfig]
+
+    @classmethod
+    def cli_options(cls) -> list[click.Option]:
+        """Task-specific options, added to the common ones of `pipelines train-and-export TASK`."""
+        return []
+
+    @abstractmethod
+    def prepare_data(self, options: dict) -> PreparedData: ...
+
+    @abstractmethod
+    def build_learner(self, data: PreparedData, options: dict): ...
+
+    @abstractmethod
+    def train(self, learn, options: dict) -> TrainingSummary: ...
+
+    @abstractmethod
+    def exportable_module(self, learn): ...
+
+    @abstractmethod
+    def example_inputs(self, learn) -> tuple: ...
+
+    @abstractmethod
+    def parity_cases(self, learn) -> list[ParityCase]: ...
+
+    @abstractmethod
+    def labels(self, learn) -> list[str]: ...
+
+    @abstractmethod
+    def preprocessing(self, learn): ...
+
+    @abstractmethod
+    def check_preprocessing(self, learn, data: PreparedData) -> PreprocessingCheck: ...
+
+    def save_weights(self, learn, folder: Path) -> Path:
+        """The fastai model weights, beside the ONNX file, for users who go on in fastai."""
+        import torch
+
+        path = Path(folder) / "fastai_weights.pth"
+        torch.save(learn.model.state_dict(), path)
+        return path

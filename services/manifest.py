@@ -1,0 +1,72 @@
+"""The manifest: the contract between export/ (which writes it) and services/ (which reads it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MANIFEST_FILE = "manifest.json"
+MODEL_FILE = "model.onnx"
+PARITY_FILE = "parity.json"
+REPORT_FILE = "report.md"
+SCHEMA_VERSION = 1
+
+
+class TensorSpec(BaseModel):
+    """One ONNX input or output; symbolic dimensions are named strings ("batch", "height")."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    dtype: Literal["float32", "float64", "int64", "int32", "bool"]
+    shape: list[int | str]
+
+
+class ImagePreprocessing(BaseModel):
+    """Everything needed to turn an uploaded image into the tensor fastai fed the model at validation.
+
+    fastai's validation-time `Resize(method="crop")` takes the largest centred crop with the target's
+    aspect ratio, then resizes it with `resample`; `Normalize` subtracts `mean` and divides by `std`
+    after scaling to [0, 1].
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["image"] = "image"
+    color_mode: Literal["RGB", "L"] = "RGB"
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+    resize_method: Literal["crop", "squish"] = "crop"
+    resample: Literal["bilinear", "nearest", "bicubic"] = "bilinear"
+    scale: float = 255.0
+    mean: list[float]
+    std: list[float]
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: int = SCHEMA_VERSION
+    task: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    labels: list[str] = []
+    preprocessing: ImagePreprocessing
+    provenance: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
+
+    def input_names(self) -> list[str]:
+        return [spec.name for spec in self.inputs]
+
+    def write(self, folder: Path) -> Path:
+        path = Path(folder) / MANIFEST_FILE
+        path.write_text(self.model_dump_json(indent=2) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, folder: Path) -> "Manifest":
+        path = Path(folder) / MANIFEST_FILE
+        return cls.model_validate(json.loads(path.read_text()))

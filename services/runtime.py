@@ -1,0 +1,93 @@
+"""ONNX Runtime session creation, shared by the services and by export's parity check.
+
+The parity check builds its session with this very function so that what was verified is what is
+served (same graph optimisation level, same thread settings, same provider).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Literal
+
+import onnxruntime as ort
+
+ProviderChoice = Literal["cpu", "cuda", "auto"]
+PROVIDER_CHOICES: tuple[str, ...] = ("cpu", "cuda", "auto")
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+logger = logging.getLogger(__name__)
+
+
+class ProviderUnavailableError(RuntimeError):
+    """The configuration asked for an execution provider that ONNX Runtime cannot use here."""
+
+
+def configured_provider() -> str:
+    """The provider choice from `PIPELINES_PROVIDER` (cpu, cuda or auto; default auto)."""
+    choice = os.environ.get("PIPELINES_PROVIDER", "auto").strip().lower()
+    if choice not in PROVIDER_CHOICES:
+        raise ProviderUnavailableError(
+            f"PIPELINES_PROVIDER={choice!r} is not one of {', '.join(PROVIDER_CHOICES)}"
+        )
+    return choice
+
+
+def configured_threads() -> int:
+    """Intra-op threads per session from `PIPELINES_THREADS`; 0 lets ONNX Runtime decide."""
+    raw = os.environ.get("PIPELINES_THREADS", "0")
+    try:
+        threads = int(raw)
+    except ValueError:
+        raise ProviderUnavailableError(f"PIPELINES_THREADS={raw!r} is not an integer") from None
+    if threads < 0:
+        raise ProviderUnavailableError(f"PIPELINES_THREADS={threads} must be 0 or more")
+    return threads
+
+
+def providers_for(choice: str) -> list[str]:
+    available = ort.get_available_providers()
+    if choice == "cpu":
+        return [CPU]
+    if choice == "cuda":
+        if CUDA not in available:
+            raise ProviderUnavailableError(
+                "CUDA was requested but this onnxruntime has no CUDAExecutionProvider "
+                f"(available: {', '.join(available)}); install the `gpu` extra "
+                "(onnxruntime-gpu) on a machine with an NVIDIA GPU, or set PIPELINES_PROVIDER=cpu"
+            )
+        return [CUDA, CPU]
+    if choice == "auto":
+        return [CUDA, CPU] if CUDA in available else [CPU]
+    raise ProviderUnavailableError(f"unknown provider choice {choice!r}")
+
+
+def session_options(threads: int = 0) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return options
+
+
+def create_session(model_path: Path | str, provider: str = "cpu", threads: int = 0) -> ort.InferenceSession:
+    """Create a session and check that the provider asked for is the one in use.
+
+    ONNX Runtime silently falls back to the CPU when a CUDA session cannot be created (missing CUDA
+    or cuDNN libraries, for example); a service that asked for CUDA must not quietly run on the CPU.
+    """
+    if provider in ("cuda", "auto") and hasattr(ort, "preload_dlls") and CUDA in ort.get_available_providers():
+        ort.preload_dlls()
+    providers = providers_for(provider)
+    session = ort.InferenceSession(str(model_path), sess_options=session_options(threads), providers=providers)
+    in_use = session.get_providers()[0]
+    if provider == "cuda" and in_use != CUDA:
+        raise ProviderUnavailableError(
+            f"CUDA was requested but ONNX Runtime fell back to {in_use}: "
+            "check that the CUDA and cuDNN libraries matching onnxruntime-gpu are installed"
+        )
+    logger.info("ONNX Runtime session for %s uses %s (asked: %s)", Path(model_path).name, in_use, provider)
+    return session

@@ -1,0 +1,80 @@
+"""Test helpers: a real `bentoml serve` process on a free loopback port, and small image files."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+BENTOML = str(Path(sys.executable).parent / "bentoml")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def bentoml_server(target: str, env: dict | None = None, cwd: Path = REPO, log_path: Path | None = None, timeout: float = 90):
+    """Start `bentoml serve TARGET` on 127.0.0.1, wait for /readyz, yield its URL, stop it by PID."""
+    port = free_port()
+    log_path = log_path or Path(os.environ["BENTOML_HOME"]).parent / f"serve-{port}.log"
+    log = open(log_path, "wb")
+    process = subprocess.Popen(
+        [BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=cwd, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
+            try:
+                if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"bentoml serve not ready after {timeout} s:\n{log_path.read_text()[-4000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        log.close()
+
+
+def image_bytes(image, format: str, **save_args) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **save_args)
+    return buffer.getvalue()
+
+
+def digits_subset(source: Path, target: Path, per_class: int) -> Path:
+    """A small copy of the embedded digits folder, `per_class` images of each class."""
+    target.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+    for path in sorted(source.glob("*.jpg")):
+        label = path.name.rsplit("_", 1)[0]
+        if counts.get(label, 0) < per_class:
+            shutil.copy2(path, target / path.name)
+            counts[label] = counts.get(label, 0) + 1
+    return target

@@ -1,0 +1,32 @@
+"""`bentoml build` of the top-level bentofile: the Bento pins the registered model and ships no torch."""
+
+import os
+import subprocess
+
+import bentoml
+import pytest
+import yaml
+
+from tests.helpers import BENTOML, REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_bentoml_build_pins_model_and_excludes_torch(siamese_run):
+    _, result = siamese_run
+    completed = subprocess.run(
+        [BENTOML, "build", "--output", "tag"], cwd=REPO, env=os.environ, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    tag = completed.stdout.strip().splitlines()[-1].replace("__tag__:", "")
+    bento = bentoml.get(tag)
+    assert [str(model.tag) for model in bento.info.all_models] == [result.tag]
+    requirements = (bento.path_of("env/python/requirements.txt"))
+    with open(requirements) as handle:
+        packages = handle.read().lower()
+    assert "onnxruntime" in packages
+    assert "torch" not in packages and "fastai" not in packages
+    sources = {path for path in os.listdir(bento.path_of("src/services"))}
+    assert "siamese.py" in sources and "images.py" in sources
+    with open(bento.path_of("bento.yaml")) as handle:
+        assert yaml.safe_load(handle)["service"] == "services.siamese:SiameseService"

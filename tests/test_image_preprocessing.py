@@ -1,0 +1,111 @@
+"""Serving-side preprocessing (numpy + Pillow) against fastai's own `test_dl` tensors."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from services.images import InvalidImageError, decode_image, image_to_tensor
+from tests.helpers import image_bytes
+
+
+def _photo(width, height, seed=0, mode="RGB"):
+    rng = np.random.default_rng(seed)
+    gradient = np.linspace(0, 255, width, dtype=np.float32)[None, :, None]
+    noise = rng.integers(0, 60, (height, width, 3))
+    pixels = np.clip(gradient + noise, 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels, "RGB").convert(mode)
+
+
+def raw_files(folder: Path) -> dict[str, Path]:
+    """Files of many kinds, as a client would upload them."""
+    rgba = _photo(50, 40, 1).convert("RGBA")
+    rgba.putalpha(Image.fromarray(np.tile(np.linspace(0, 255, 50, dtype=np.uint8), (40, 1))))
+    made = {
+        "rgba.png": image_bytes(rgba, "PNG"),
+        "greyscale.png": image_bytes(_photo(64, 64, 2, "L"), "PNG"),
+        "palette.png": image_bytes(_photo(45, 45, 3).convert("P", palette=Image.ADAPTIVE, colors=32), "PNG"),
+        "portrait.jpg": image_bytes(_photo(30, 70, 4), "JPEG", quality=90),
+        "landscape.jpg": image_bytes(_photo(120, 41, 5), "JPEG", quality=90),
+        "tiny.png": image_bytes(_photo(5, 3, 6), "PNG"),
+        "large.jpg": image_bytes(_photo(2400, 1800, 7), "JPEG", quality=85),
+        "cmyk.jpg": image_bytes(_photo(60, 50, 8).convert("CMYK"), "JPEG"),
+        "greyscale_alpha.png": image_bytes(_photo(33, 47, 9, "LA"), "PNG"),
+        "odd.bmp": image_bytes(_photo(37, 29, 10), "BMP"),
+    }
+    paths = {}
+    for name, data in made.items():
+        path = folder / name
+        path.write_bytes(data)
+        paths[name] = path
+    return paths
+
+
+@pytest.fixture(scope="module")
+def siamese_dls(digits_folder):
+    from pipelines.registry import get_task
+    from tests.conftest import TINY_SIAMESE_OPTIONS
+
+    task = get_task("siamese")
+    options = dict(TINY_SIAMESE_OPTIONS, data=str(digits_folder), image_size=48)
+    return task, task.prepare_data(options).dls
+
+
+def test_serving_tensors_equal_fastai_test_dl(siamese_dls, tmp_path):
+    task, dls = siamese_dls
+    files = raw_files(tmp_path)
+    spec = task.preprocessing(type("L", (), {"dls": dls})())
+    names = sorted(files)
+    pairs = [(files[a], files[b]) for a, b in zip(names, names[1:] + names[:1])]
+    first, second = task.fastai_pair_tensors(dls, pairs)
+    assert first.shape == (len(pairs), 3, 48, 48)
+    for (path_a, path_b), expected_a, expected_b in zip(pairs, first, second):
+        for path, expected in ((path_a, expected_a), (path_b, expected_b)):
+            served = image_to_tensor(decode_image(path.read_bytes(), "image"), spec)
+            assert served.dtype == np.float32
+            np.testing.assert_allclose(served, expected, atol=1e-6, rtol=0, err_msg=path.name)
+
+
+def test_crop_is_centred_not_squashed(siamese_dls, tmp_path):
+    """A wide image whose edges are red and centre blue: fastai's validation resize crops the red away."""
+    task, dls = siamese_dls
+    pixels = np.zeros((40, 120, 3), np.uint8)
+    pixels[:, :40, 0] = pixels[:, 80:, 0] = 255
+    pixels[:, 40:80, 2] = 255
+    path = tmp_path / "wide.png"
+    Image.fromarray(pixels).save(path)
+    spec = task.preprocessing(type("L", (), {"dls": dls})())
+    served = image_to_tensor(decode_image(path.read_bytes(), "image"), spec)
+    red, blue = served[0] * 0.229 + 0.485, served[2] * 0.225 + 0.406
+    assert blue.mean() > 0.95 and red.mean() < 0.05
+
+
+@pytest.mark.parametrize(
+    "data, problem",
+    [
+        (b"", "empty"),
+        (b"this is not an image at all", "not a recognised image format"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "not a recognised image format"),
+    ],
+)
+def test_undecodable_uploads_name_the_field_and_problem(data, problem):
+    with pytest.raises(InvalidImageError) as caught:
+        decode_image(data, "image_a")
+    assert caught.value.field == "image_a"
+    assert problem in str(caught.value)
+    assert str(caught.value).startswith("image_a: ")
+
+
+def test_png_with_corrupt_pixel_data_is_rejected():
+    data = bytearray(image_bytes(_photo(64, 64), "PNG"))
+    start = data.index(b"IDAT") + 8
+    data[start:start + 200] = bytes(200)
+    with pytest.raises(InvalidImageError, match="image_a: the image could not be decoded"):
+        decode_image(bytes(data), "image_a")
+
+
+def test_truncated_jpeg_is_rejected():
+    data = image_bytes(_photo(200, 150), "JPEG", quality=95)
+    with pytest.raises(InvalidImageError, match="image_b: the image could not be decoded"):
+        decode_image(data[: len(data) // 2], "image_b")
