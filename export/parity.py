@@ -17,6 +17,7 @@ import torch
 
 from export.config import OnnxConfig, ParityTolerance
 from export.errors import PreprocessingMismatchError, ShapeMismatchError, ToleranceExceededError
+from services.loading import softmax
 
 CLASS_AXIS = 1
 
@@ -96,12 +97,6 @@ class ParityReport:
         raise ToleranceExceededError(f"parity failed: {summary}", report=self)
 
 
-def softmax(logits: np.ndarray, axis: int = CLASS_AXIS) -> np.ndarray:
-    shifted = logits - logits.max(axis=axis, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=axis, keepdims=True)
-
-
 def torch_logits(module: torch.nn.Module, case: ParityCase, config: OnnxConfig) -> np.ndarray:
     tensors = [torch.from_numpy(np.ascontiguousarray(case.inputs[name])) for name in config.input_names]
     with torch.no_grad():
@@ -123,7 +118,7 @@ def compare_case(case: ParityCase, expected: np.ndarray, actual: np.ndarray, tol
     max_abs = float(difference.max()) if difference.size else 0.0
     scale = float(np.abs(expected).max()) if expected.size else 0.0
     max_rel = max_abs / scale if scale > 0 else max_abs
-    probability_error = float(np.abs(softmax(actual) - softmax(expected)).max()) if expected.size else 0.0
+    probability_error = float(np.abs(softmax(actual, CLASS_AXIS) - softmax(expected, CLASS_AXIS)).max()) if expected.size else 0.0
     expected_class, actual_class = expected.argmax(CLASS_AXIS), actual.argmax(CLASS_AXIS)
     agreement = float((expected_class == actual_class).mean()) if expected_class.size else 1.0
     top_two = np.sort(expected, axis=CLASS_AXIS)

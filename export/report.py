@@ -37,7 +37,8 @@ def plot_losses(summary: TrainingSummary, path: Path) -> Path:
             [row["valid_loss"] for row in summary.epochs], "o-", label="validation (per epoch)",
         )
     axis.set_xlabel("batch")
-    axis.set_ylabel("loss")
+    axis.set_ylabel("loss (log scale)")
+    axis.set_yscale("log")
     axis.set_title("Training and validation loss")
     axis.legend()
     figure.tight_layout()

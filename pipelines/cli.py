@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -78,6 +79,10 @@ class TaskGroup(click.Group):
         if args and args[0] not in TASKS and not args[0].startswith("-"):
             raise click.UsageError(f"unknown task {args[0]!r}; known tasks: {', '.join(sorted(TASKS))}", ctx)
         return super().resolve_command(ctx, args)
+
+
+# fastai's import triggers torch's own deprecation notice for torch.jit.script; it says nothing to our users.
+warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated", category=FutureWarning)
 
 
 @click.group(help="Train fastai models, export them to ONNX with a parity proof, and serve them with BentoML.")

@@ -110,6 +110,8 @@ def train_and_export(task: Task, options: dict) -> RunResult:
         preprocessing=task.preprocessing(learn),
         provenance={
             "data_source": data.source,
+            # The fastai weights stay here, outside the model store: the served Bento carries no pickle.
+            "artifact_dir": str(output_dir.resolve()),
             "data": {k: v for k, v in data.details.items() if not isinstance(v, list)},
             "seed": options["seed"],
             "options": json.loads(json.dumps(options, default=str)),

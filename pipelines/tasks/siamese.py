@@ -91,10 +91,11 @@ class SiameseTask(Task):
     )
     # A second image size for the dynamic height/width check: not square, not a multiple of 32.
     second_size = (72, 88)
-    default_lr = 3e-3
+    book_lr = 3e-3
     book_unfrozen_epochs = 4
     # Measured on the embedded digits (README results log): from scratch the whole network needs
-    # more epochs than the book's pretrained schedule.
+    # more epochs and a higher learning rate than the book's pretrained schedule.
+    scratch_lr = 1e-2
     scratch_epochs = 16
 
     @classmethod
@@ -108,7 +109,7 @@ class SiameseTask(Task):
             click.Option(["--label-pattern"], default=BOOK_LABEL_PATTERN, show_default=True,
                          help="Regex whose first group is the class, matched against the file name."),
             click.Option(["--image-size"], type=click.IntRange(16, 1024), default=None,
-                         help="Square training size in pixels [default: 64 for digits, 224 otherwise]."),
+                         help="Square training size in pixels [default: 32 for digits, 224 otherwise]."),
             click.Option(["--arch"], type=click.Choice(ARCHITECTURES), default="resnet34", show_default=True,
                          help="Encoder architecture (torchvision ResNet, cut at -2 as in the book)."),
             click.Option(["--pretrained"], type=click.Choice(["auto", "yes", "no"]), default="auto",
@@ -162,7 +163,7 @@ class SiameseTask(Task):
                     f"{source}: classes {missing[:5]} have no image in the {split_name} split; "
                     "give each class more images, or try another --seed"
                 )
-        size = options["image_size"] or (64 if options["data"] == "digits" else 224)
+        size = options["image_size"] or (32 if options["data"] == "digits" else 224)
         options["image_size"] = size
         tfm = book().SiameseTransform(files, splits, label_func)
         tls = TfmdLists(files, tfm, splits=splits)
@@ -185,13 +186,31 @@ class SiameseTask(Task):
         )
 
     # ----- model and training -----------------------------------------------------------------
+    @staticmethod
+    def build_model(encoder):
+        from fastai.vision.all import create_head, num_features_model
+
+        head = create_head(num_features_model(encoder) * 2, 2, ps=0.5)
+        return book().SiameseModel(encoder, head)
+
+    def model_from_artifact(self, folder: Path):
+        """The trained PyTorch model again, from an artifact folder (for benchmarks and notebooks)."""
+        import torch
+
+        from services.manifest import Manifest
+
+        provenance = Manifest.read(folder).provenance
+        model = self.build_model(load_encoder(provenance["options"]["arch"], "no")[0])
+        weights = Path(provenance.get("artifact_dir", folder)) / "fastai_weights.pth"
+        model.load_state_dict(torch.load(weights, map_location="cpu"))
+        return model.eval()
+
     def build_learner(self, data: PreparedData, options: dict):
-        from fastai.vision.all import Learner, accuracy, create_head, num_features_model
+        from fastai.vision.all import Learner, accuracy
 
         encoder, used_pretrained, note = load_encoder(options["arch"], options["pretrained"])
-        head = create_head(num_features_model(encoder) * 2, 2, ps=0.5)
         b = book()
-        model = b.SiameseModel(encoder, head)
+        model = self.build_model(encoder)
         learn = Learner(data.dls, model, loss_func=b.SiameseLoss(), splitter=b.siamese_splitter, metrics=accuracy)
         learn.pretrained_encoder = used_pretrained
         learn.pretrained_note = note
@@ -199,10 +218,11 @@ class SiameseTask(Task):
 
     def train(self, learn, options: dict) -> TrainingSummary:
         history = TrainingHistory(learn)
-        lr = options["lr"] or self.default_lr
         if learn.pretrained_encoder:
+            lr = options["lr"] or self.book_lr
             epochs = options["epochs"] or self.book_unfrozen_epochs
         else:
+            lr = options["lr"] or self.scratch_lr
             epochs = options["epochs"] or self.scratch_epochs
         if learn.pretrained_encoder:
             frozen_epochs = options["frozen_epochs"]

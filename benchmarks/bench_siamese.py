@@ -1,0 +1,103 @@
+"""Siamese latency: PyTorch eager vs ONNX Runtime at batch 1 and 16 (same thread count), and HTTP
+latency of a real `bentoml serve` at batch 1. Prints one Markdown table.
+
+    python -m benchmarks.bench_siamese [--artifact artifacts/siamese/<run>] [--threads 2]
+
+Without --artifact it benchmarks the model that siamese:latest resolves to in the BentoML store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def timed(function, repeats: int, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        function()
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def row(name: str, batch: int, samples: list[float]) -> dict:
+    return {
+        "runtime": name, "batch": batch, "p50 ms": statistics.median(samples),
+        "p95 ms": float(np.percentile(samples, 95)), "pairs/s": batch * 1000 / statistics.median(samples),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--artifact", type=Path, help="artifact folder of a train-and-export run")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args()
+
+    import bentoml
+    import torch
+
+    from pipelines.registry import get_task
+    from services.images import image_to_tensor
+    from services.manifest import MODEL_FILE, Manifest
+    from services.runtime import create_session
+    from tests.helpers import bentoml_server
+
+    folder = args.artifact or Path(bentoml.models.get("siamese:latest").path)
+    manifest = Manifest.read(folder)
+    task = get_task("siamese")
+    torch.set_num_threads(args.threads)
+    model = task.model_from_artifact(folder)
+    session = create_session(folder / MODEL_FILE, "cpu", threads=args.threads)
+    size = (manifest.preprocessing.height, manifest.preprocessing.width)
+    rows = []
+    for batch in (1, 16):
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal((batch, 3, *size), dtype=np.float32)
+        b = rng.standard_normal((batch, 3, *size), dtype=np.float32)
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+
+        def eager():
+            with torch.inference_mode():
+                model(ta, tb)
+
+        rows.append(row(f"PyTorch eager ({args.threads} threads)", batch, timed(eager, args.repeats)))
+        rows.append(row(f"ONNX Runtime CPU ({args.threads} threads)", batch,
+                        timed(lambda: session.run(None, {"image_a": a, "image_b": b}), args.repeats)))
+
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory() as scratch:
+        first, second = Path(scratch) / "a.png", Path(scratch) / "b.png"
+        Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), np.uint8)).save(first)
+        Image.fromarray(np.random.default_rng(2).integers(0, 255, (48, 80, 3), np.uint8)).save(second)
+        with Image.open(first) as image:
+            rows.append(row("preprocessing one image (numpy+Pillow)", 1,
+                            timed(lambda: image_to_tensor(image, manifest.preprocessing), args.repeats)))
+        env = {"PIPELINES_PROVIDER": "cpu", "PIPELINES_THREADS": str(args.threads),
+               "SIAMESE_MODEL_TAG": f"siamese:{bentoml.models.get('siamese:latest').tag.version}" if not args.artifact else "siamese:latest"}
+        with bentoml_server("services.siamese:SiameseService", env=env, log_path=Path(scratch) / "serve.log") as url:
+            client = bentoml.SyncHTTPClient(url)
+            rows.append(row("HTTP /predict (bentoml serve, multipart)", 1,
+                            timed(lambda: client.predict(image_a=first, image_b=second), args.repeats)))
+            client.close()
+
+    print(f"\nSiamese model {folder} ({manifest.provenance['options']['arch']}, "
+          f"{size[0]}x{size[1]} px), {args.threads} threads, {args.repeats} runs each\n")
+    headers = list(rows[0])
+    print("| " + " | ".join(headers) + " |")
+    print("|" + "---|" * len(headers))
+    for entry in rows:
+        print("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in entry.values()) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""DESIGN.md's layering: services/ never imports fastai or torch (the deployed image has neither)."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers import REPO
+
+ALLOWED_THIRD_PARTY = {"numpy", "PIL", "onnxruntime", "bentoml", "pydantic"}
+
+
+def test_services_import_no_fastai_or_torch_at_runtime():
+    modules = sorted(p.stem for p in (REPO / "services").glob("*.py") if p.stem != "__init__")
+    code = (
+        "import sys\n"
+        + "".join(f"import services.{name}\n" for name in modules)
+        + "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'fastai', 'torchvision', 'fastcore'}))"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_services_sources_import_only_allowed_packages():
+    stdlib = set(sys.stdlib_module_names)
+    for path in (REPO / "services").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                assert top in stdlib or top in ALLOWED_THIRD_PARTY or top == "services", f"{path.name} imports {name}"
