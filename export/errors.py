@@ -5,6 +5,10 @@ class ExportError(RuntimeError):
     """Base class for failures of the export stage."""
 
 
+class OnnxExportFailedError(ExportError):
+    """Every exporter the task allows failed to convert the module."""
+
+
 class OnnxGraphError(ExportError):
     """The exported graph is not what the task's OnnxConfig declares (names, external data, checker)."""
 

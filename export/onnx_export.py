@@ -6,12 +6,13 @@ import contextlib
 import io
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import onnx
 import torch
 
 from export.config import OnnxConfig
-from export.errors import OnnxGraphError
+from export.errors import OnnxExportFailedError, OnnxGraphError
 
 
 def _dynamic_shapes(config: OnnxConfig) -> tuple[dict[int, torch.export.Dim], ...]:
@@ -22,27 +23,58 @@ def _dynamic_shapes(config: OnnxConfig) -> tuple[dict[int, torch.export.Dim], ..
     )
 
 
-def export_onnx(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], config: OnnxConfig, path: Path) -> Path:
-    """Export `module` (put in eval mode, on the CPU) and check the file against `config`."""
-    module = module.eval().cpu()
-    example_inputs = tuple(tensor.cpu() for tensor in example_inputs)
-    path = Path(path)
+EXPORTERS = ("dynamo", "torchscript")
+
+
+def _run_exporter(exporter: str, module, example_inputs, config: OnnxConfig, path: Path) -> None:
     common = dict(input_names=config.input_names, output_names=config.output_names, opset_version=config.opset)
-    captured = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(captured), torch.no_grad():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
         warnings.simplefilter("ignore")
-        if config.exporter == "dynamo":
+        if exporter == "dynamo":
             torch.onnx.export(
                 module, example_inputs, str(path), dynamo=True, external_data=False,
                 dynamic_shapes=_dynamic_shapes(config), optimize=True, verbose=False, **common,
             )
         else:
             dynamic_axes = {spec.name: dict(spec.dynamic_axes) for spec in (*config.inputs, *config.outputs)}
-            torch.onnx.export(
-                module, example_inputs, str(path), dynamo=False, dynamic_axes=dynamic_axes, **common,
-            )
-    check_onnx_file(path, config)
-    return path
+            torch.onnx.export(module, example_inputs, str(path), dynamo=False, dynamic_axes=dynamic_axes, **common)
+
+
+def _summary(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    telling = next((line for line in lines if "No ONNX function found" in line or "Unsupported" in line), None)
+    return f"{type(error).__name__}: {(telling or (lines[0] if lines else ''))[:240]}"
+
+
+def export_onnx(
+    module: torch.nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    config: OnnxConfig,
+    path: Path,
+    progress: Callable[[str], None] = lambda line: None,
+) -> str:
+    """Export `module` (eval mode, on the CPU) to `path`, check the file, return the exporter used.
+
+    The task's exporter goes first; if it cannot convert the module (operator coverage differs between
+    torch releases: torch 2.11's dynamo exporter has no `adaptive_max_pool2d`, 2.14's has), the other
+    exporter is tried. Either way the parity check that follows decides whether the file is good.
+    """
+    module = module.eval().cpu()
+    example_inputs = tuple(tensor.cpu() for tensor in example_inputs)
+    path = Path(path)
+    order = [config.exporter, *(e for e in EXPORTERS if e != config.exporter)]
+    failures = []
+    for exporter in order:
+        try:
+            _run_exporter(exporter, module, example_inputs, config, path)
+        except Exception as error:  # torch.onnx raises many types across releases
+            failures.append(f"{exporter}: {_summary(error)}")
+            progress(f"      the {exporter} exporter failed ({_summary(error)})")
+            path.unlink(missing_ok=True)
+            continue
+        check_onnx_file(path, config)
+        return exporter
+    raise OnnxExportFailedError("no exporter could convert the model: " + "; ".join(failures))
 
 
 def check_onnx_file(path: Path, config: OnnxConfig) -> onnx.ModelProto:

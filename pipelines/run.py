@@ -17,7 +17,6 @@ import click
 from export.onnx_export import export_onnx
 from export.parity import ParityReport, check_parity
 from export.report import write_report
-from export.store import register_model
 from pipelines.errors import PipelineError
 from pipelines.tasks.base import Task
 from services.manifest import MODEL_FILE, PARITY_FILE, Manifest
@@ -87,8 +86,9 @@ def train_and_export(task: Task, options: dict) -> RunResult:
     stage(3, f"exporting to ONNX (opset {task.onnx_config.opset}, {task.onnx_config.exporter} exporter)")
     module = task.exportable_module(learn)
     example = task.example_inputs(learn)
-    onnx_path = export_onnx(module, example, task.onnx_config, output_dir / MODEL_FILE)
-    click.echo(f"      wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB)")
+    onnx_path = output_dir / MODEL_FILE
+    exporter = export_onnx(module, example, task.onnx_config, onnx_path, progress=click.echo)
+    click.echo(f"      wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB) with the {exporter} exporter")
 
     stage(4, "checking parity: PyTorch eval mode vs ONNX Runtime (CPU, the service's session options)")
     session = create_session(onnx_path, provider="cpu")
@@ -120,7 +120,7 @@ def train_and_export(task: Task, options: dict) -> RunResult:
             "pretrained": getattr(learn, "pretrained_note", None),
             "packages": package_versions(),
             "opset": task.onnx_config.opset,
-            "exporter": task.onnx_config.exporter,
+            "exporter": exporter,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         },
         metrics={"training": summary.final_metrics, "epochs": summary.epochs, "training_seconds": summary.seconds},
@@ -139,6 +139,8 @@ def train_and_export(task: Task, options: dict) -> RunResult:
         stage(6, "skipped (--no-register)")
         return RunResult(output_dir, None, manifest, parity, learn)
     stage(6, "saving into the BentoML model store")
+    from export.store import register_model  # bentoml's import is only paid when registering
+
     tag = register_model(
         task.name, output_dir,
         labels={"task": task.name, "parity": "passed"},

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-_RUN_DIR = Path(tempfile.mkdtemp(prefix="pipelines-tests-"))
+# Created once per test run; setting it again (a second import of this file) would move BENTOML_HOME.
+if "PIPELINES_TEST_RUN_DIR" not in os.environ:
+    os.environ["PIPELINES_TEST_RUN_DIR"] = tempfile.mkdtemp(prefix="pipelines-tests-")
+_RUN_DIR = Path(os.environ["PIPELINES_TEST_RUN_DIR"])
 os.environ["BENTOML_HOME"] = str(_RUN_DIR / "bentoml")
 os.environ.setdefault("PIPELINES_CACHE", str(_RUN_DIR / "cache"))
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
@@ -31,12 +34,6 @@ def bentoml_home() -> Path:
     return Path(os.environ["BENTOML_HOME"])
 
 
-TINY_SIAMESE_OPTIONS = dict(
-    label_from="filename", label_pattern=r"^(.*)_\d+.jpg$", image_size=32, arch="resnet18", pretrained="no",
-    frozen_epochs=1, unfrozen_lr=(1e-6, 1e-4), epochs=1, lr=3e-3, batch_size=32, seed=42, register=True,
-)
-
-
 @pytest.fixture(scope="session")
 def digits_folder(run_dir) -> Path:
     from pipelines.data import digits_image_folder
@@ -52,6 +49,8 @@ def siamese_run(run_dir, digits_folder):
     from pipelines.run import train_and_export
 
     task = get_task("siamese")
+    from tests.helpers import TINY_SIAMESE_OPTIONS
+
     options = dict(TINY_SIAMESE_OPTIONS, data=str(digits_folder), output=run_dir / "siamese_run")
     result = train_and_export(task, options)
     return task, result

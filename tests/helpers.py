@@ -18,6 +18,12 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 BENTOML = str(Path(sys.executable).parent / "bentoml")
 
+# A Siamese model that trains in seconds: enough to prove the chain, not to be accurate.
+TINY_SIAMESE_OPTIONS = dict(
+    label_from="filename", label_pattern=r"^(.*)_\d+.jpg$", image_size=32, arch="resnet18", pretrained="no",
+    frozen_epochs=1, unfrozen_lr=(1e-6, 1e-4), epochs=1, lr=3e-3, batch_size=32, seed=42, register=True,
+)
+
 
 def free_port() -> int:
     with socket.socket() as sock:

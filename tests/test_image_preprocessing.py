@@ -45,7 +45,7 @@ def raw_files(folder: Path) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def siamese_dls(digits_folder):
     from pipelines.registry import get_task
-    from tests.conftest import TINY_SIAMESE_OPTIONS
+    from tests.helpers import TINY_SIAMESE_OPTIONS
 
     task = get_task("siamese")
     options = dict(TINY_SIAMESE_OPTIONS, data=str(digits_folder), image_size=48)

@@ -9,6 +9,7 @@ import onnx
 import pytest
 
 from export.errors import ShapeMismatchError, ToleranceExceededError
+from export.onnx_export import export_onnx
 from export.parity import ParityCase, check_parity, compare_case
 from services.manifest import MODEL_FILE, Manifest
 from services.runtime import create_session
@@ -105,3 +106,18 @@ def test_shape_mismatch_is_a_typed_error(siamese_run):
 
     with pytest.raises(ShapeMismatchError):
         ParityReport("siamese", "CPUExecutionProvider", {}, [result]).raise_for_failure()
+
+
+def test_torchscript_exporter_fallback_also_passes_parity(siamese_run, tmp_path):
+    """The exporter that export_onnx falls back to (when the dynamo exporter of an older torch cannot
+    convert an operator) yields a file that passes the same parity check."""
+    import dataclasses
+
+    task, result = siamese_run
+    config = dataclasses.replace(task.onnx_config, exporter="torchscript")
+    path = tmp_path / "model.onnx"
+    module = task.exportable_module(result.learn)
+    assert export_onnx(module, task.example_inputs(result.learn), config, path) == "torchscript"
+    report = check_parity("siamese", module, create_session(path, "cpu"), config, task.parity_cases(result.learn))
+    assert report.passed, report.failures()
+    assert report.cases[-1].input_shapes["image_a"] == [3, 3, 72, 88]
