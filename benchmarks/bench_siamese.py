@@ -9,30 +9,10 @@ Without --artifact it benchmarks the model that siamese:latest resolves to in th
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-
-
-def timed(function, repeats: int, warmup: int = 3) -> list[float]:
-    for _ in range(warmup):
-        function()
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        samples.append((time.perf_counter() - started) * 1000)
-    return samples
-
-
-def row(name: str, batch: int, samples: list[float]) -> dict:
-    return {
-        "runtime": name, "batch": batch, "p50 ms": statistics.median(samples),
-        "p95 ms": float(np.percentile(samples, 95)), "pairs/s": batch * 1000 / statistics.median(samples),
-    }
 
 
 def main() -> None:
@@ -46,6 +26,7 @@ def main() -> None:
     import torch
 
     from pipelines.registry import get_task
+    from benchmarks.common import print_table, row, timed
     from services.images import image_to_tensor
     from services.manifest import MODEL_FILE, Manifest
     from services.runtime import create_session
@@ -69,9 +50,9 @@ def main() -> None:
             with torch.inference_mode():
                 model(ta, tb)
 
-        rows.append(row(f"PyTorch eager ({args.threads} threads)", batch, timed(eager, args.repeats)))
+        rows.append(row(f"PyTorch eager ({args.threads} threads)", batch, timed(eager, args.repeats), "pairs/s"))
         rows.append(row(f"ONNX Runtime CPU ({args.threads} threads)", batch,
-                        timed(lambda: session.run(None, {"image_a": a, "image_b": b}), args.repeats)))
+                        timed(lambda: session.run(None, {"image_a": a, "image_b": b}), args.repeats), "pairs/s"))
 
     from PIL import Image
 
@@ -81,22 +62,17 @@ def main() -> None:
         Image.fromarray(np.random.default_rng(2).integers(0, 255, (48, 80, 3), np.uint8)).save(second)
         with Image.open(first) as image:
             rows.append(row("preprocessing one image (numpy+Pillow)", 1,
-                            timed(lambda: image_to_tensor(image, manifest.preprocessing), args.repeats)))
+                            timed(lambda: image_to_tensor(image, manifest.preprocessing), args.repeats), "images/s"))
         env = {"PIPELINES_PROVIDER": "cpu", "PIPELINES_THREADS": str(args.threads),
                "SIAMESE_MODEL_TAG": f"siamese:{bentoml.models.get('siamese:latest').tag.version}" if not args.artifact else "siamese:latest"}
         with bentoml_server("services.siamese:SiameseService", env=env, log_path=Path(scratch) / "serve.log") as url:
             client = bentoml.SyncHTTPClient(url)
             rows.append(row("HTTP /predict (bentoml serve, multipart)", 1,
-                            timed(lambda: client.predict(image_a=first, image_b=second), args.repeats)))
+                            timed(lambda: client.predict(image_a=first, image_b=second), args.repeats), "pairs/s"))
             client.close()
 
-    print(f"\nSiamese model {folder} ({manifest.provenance['options']['arch']}, "
-          f"{size[0]}x{size[1]} px), {args.threads} threads, {args.repeats} runs each\n")
-    headers = list(rows[0])
-    print("| " + " | ".join(headers) + " |")
-    print("|" + "---|" * len(headers))
-    for entry in rows:
-        print("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in entry.values()) + " |")
+    print_table(f"Siamese model {folder} ({manifest.provenance['options']['arch']}, {size[0]}x{size[1]} px), "
+                f"{args.threads} threads, {args.repeats} runs each", rows)
 
 
 if __name__ == "__main__":

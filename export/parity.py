@@ -24,12 +24,14 @@ CLASS_AXIS = 1
 
 @dataclass
 class ParityCase:
-    """Inputs keyed by ONNX input name; `targets` (class indices) enable the task metric."""
+    """Inputs keyed by ONNX input name; `targets` enable the task metric (`accuracy` on class indices,
+    `rmse` on regression values)."""
 
     name: str
     inputs: dict[str, np.ndarray]
     targets: np.ndarray | None = None
     description: str = ""
+    metric: str = "accuracy"
 
 
 @dataclass
@@ -43,8 +45,9 @@ class CaseResult:
     probability_max_abs_error: float
     argmax_agreement: float
     disagreements_beyond_tie: int
-    accuracy_pytorch: float | None
-    accuracy_onnx: float | None
+    metric: str | None
+    metric_pytorch: float | None
+    metric_onnx: float | None
     passed: bool
     problems: list[str] = field(default_factory=list)
 
@@ -106,12 +109,21 @@ def torch_logits(module: torch.nn.Module, case: ParityCase, config: OnnxConfig) 
     return output.detach().float().numpy()
 
 
+def task_metric(name: str, outputs: np.ndarray, classes: np.ndarray, targets: np.ndarray) -> float:
+    if name == "accuracy":
+        return float((classes == targets).mean())
+    if name == "rmse":
+        predictions = outputs.reshape(targets.shape).astype(np.float64)
+        return float(np.sqrt(np.mean((predictions - targets.astype(np.float64)) ** 2)))
+    raise ValueError(f"unknown parity metric {name!r}")
+
+
 def compare_case(case: ParityCase, expected: np.ndarray, actual: np.ndarray, tolerance: ParityTolerance) -> CaseResult:
     shapes = {name: list(array.shape) for name, array in case.inputs.items()}
     if expected.shape != actual.shape:
         return CaseResult(
             case.name, case.description, shapes, list(actual.shape), float("inf"), float("inf"), float("inf"),
-            0.0, -1, None, None, False,
+            0.0, -1, None, None, None, False,
             [f"output shape {list(actual.shape)} differs from PyTorch's {list(expected.shape)}"],
         )
     difference = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
@@ -121,13 +133,17 @@ def compare_case(case: ParityCase, expected: np.ndarray, actual: np.ndarray, tol
     probability_error = float(np.abs(softmax(actual, CLASS_AXIS) - softmax(expected, CLASS_AXIS)).max()) if expected.size else 0.0
     expected_class, actual_class = expected.argmax(CLASS_AXIS), actual.argmax(CLASS_AXIS)
     agreement = float((expected_class == actual_class).mean()) if expected_class.size else 1.0
-    top_two = np.sort(expected, axis=CLASS_AXIS)
-    margin = np.take(top_two, -1, axis=CLASS_AXIS) - np.take(top_two, -2, axis=CLASS_AXIS)
+    if expected.shape[CLASS_AXIS] > 1:
+        top_two = np.sort(expected, axis=CLASS_AXIS)
+        margin = np.take(top_two, -1, axis=CLASS_AXIS) - np.take(top_two, -2, axis=CLASS_AXIS)
+    else:  # one output column (regression): no classes to disagree on
+        margin = np.zeros(expected_class.shape)
     disagreements = int(((expected_class != actual_class) & (margin > tolerance.tie_margin)).sum())
-    accuracy_pytorch = accuracy_onnx = None
+    metric = metric_pytorch = metric_onnx = None
     if case.targets is not None:
-        accuracy_pytorch = float((expected_class == case.targets).mean())
-        accuracy_onnx = float((actual_class == case.targets).mean())
+        metric = case.metric
+        metric_pytorch = task_metric(case.metric, expected, expected_class, case.targets)
+        metric_onnx = task_metric(case.metric, actual, actual_class, case.targets)
 
     problems = []
     if not np.allclose(actual, expected, atol=tolerance.logits_atol, rtol=tolerance.logits_rtol):
@@ -140,7 +156,7 @@ def compare_case(case: ParityCase, expected: np.ndarray, actual: np.ndarray, tol
         problems.append(f"{disagreements} predicted classes disagree where PyTorch's margin exceeds {tolerance.tie_margin:g}")
     return CaseResult(
         case.name, case.description, shapes, list(actual.shape), max_abs, max_rel, probability_error, agreement,
-        disagreements, accuracy_pytorch, accuracy_onnx, not problems, problems,
+        disagreements, metric, metric_pytorch, metric_onnx, not problems, problems,
     )
 
 

@@ -74,8 +74,9 @@ def write_report(folder: Path, task: str, version: str, summary: TrainingSummary
             "max rel Δlogit": case.logits_max_rel_error,
             "max abs Δprob": case.probability_max_abs_error,
             "argmax agreement": case.argmax_agreement,
-            "accuracy PyTorch": "-" if case.accuracy_pytorch is None else case.accuracy_pytorch,
-            "accuracy ONNX": "-" if case.accuracy_onnx is None else case.accuracy_onnx,
+            "metric": case.metric or "-",
+            "PyTorch": "-" if case.metric_pytorch is None else case.metric_pytorch,
+            "ONNX Runtime": "-" if case.metric_onnx is None else case.metric_onnx,
             "passed": "yes" if case.passed else "NO",
         }
         for case in parity.cases
@@ -83,7 +84,7 @@ def write_report(folder: Path, task: str, version: str, summary: TrainingSummary
     preprocessing = ""
     if parity.preprocessing is not None:
         preprocessing = (
-            f"\nServing preprocessing vs fastai tensors: {parity.preprocessing.compared} raw files, "
+            f"\nServing preprocessing vs fastai tensors: {parity.preprocessing.compared} raw inputs, "
             f"max abs difference {parity.preprocessing.max_abs_error:.3g} "
             f"({'passed' if parity.preprocessing.passed else 'FAILED'}).\n"
         )

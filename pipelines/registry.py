@@ -5,8 +5,9 @@ from __future__ import annotations
 from pipelines.errors import PipelineError
 from pipelines.tasks.base import Task
 from pipelines.tasks.siamese import SiameseTask
+from pipelines.tasks.tabular import TabularTask
 
-TASKS: dict[str, type[Task]] = {task.name: task for task in (SiameseTask,)}
+TASKS: dict[str, type[Task]] = {task.name: task for task in (SiameseTask, TabularTask)}
 
 
 def get_task(name: str) -> Task:

@@ -76,7 +76,7 @@ def train_and_export(task: Task, options: dict) -> RunResult:
 
     stage(1, f"loading data for {task.name}")
     data = task.prepare_data(options)
-    click.echo(f"      {data.source}: " + ", ".join(f"{k}={v}" for k, v in data.details.items() if not isinstance(v, list)))
+    click.echo(f"      {data.source}: " + ", ".join(f"{k}={v}" for k, v in data.summary().items()))
 
     stage(2, "training (fastai)")
     learn = task.build_learner(data, options)
@@ -92,10 +92,10 @@ def train_and_export(task: Task, options: dict) -> RunResult:
 
     stage(4, "checking parity: PyTorch eval mode vs ONNX Runtime (CPU, the service's session options)")
     session = create_session(onnx_path, provider="cpu")
-    parity = check_parity(task.name, module, session, task.onnx_config, task.parity_cases(learn), progress=click.echo)
+    parity = check_parity(task.name, module, session, task.onnx_config, task.parity_cases(learn, data), progress=click.echo)
     parity.preprocessing = task.check_preprocessing(learn, data)
     click.echo(
-        f"      serving preprocessing vs fastai: {parity.preprocessing.compared} files, "
+        f"      serving preprocessing vs fastai: {parity.preprocessing.compared} raw inputs, "
         f"max abs error {parity.preprocessing.max_abs_error:.2e}"
     )
 
@@ -112,7 +112,7 @@ def train_and_export(task: Task, options: dict) -> RunResult:
             "data_source": data.source,
             # The fastai weights stay here, outside the model store: the served Bento carries no pickle.
             "artifact_dir": str(output_dir.resolve()),
-            "data": {k: v for k, v in data.details.items() if not isinstance(v, list)},
+            "data": data.summary(),
             "seed": options["seed"],
             "options": json.loads(json.dumps(options, default=str)),
             "schedule": summary.schedule,

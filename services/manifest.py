@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -46,6 +46,33 @@ class ImagePreprocessing(BaseModel):
     std: list[float]
 
 
+class TabularPreprocessing(BaseModel):
+    """fastai's fitted FillMissing, Categorify and Normalize, replayed in that order when serving.
+
+    `x_cat_columns` is `cat_names` followed by one `<col>_na` indicator per column in `fill_values`
+    (classes `#na#`, False, True). Category codes index `categories[col]`; code 0 (`#na#`) stands for
+    missing and unseen values. Normalisation runs in float64 on fastai's statistics exactly as stored
+    (float32 values for float columns, float64 for integer ones), then casts to float32, which is what
+    fastai's pandas arithmetic does.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["tabular"] = "tabular"
+    cat_names: list[str]
+    cont_names: list[str]
+    x_cat_columns: list[str]
+    categories: dict[str, list[str | bool | int | float]]
+    fill_values: dict[str, float]
+    means: dict[str, float]
+    stds: dict[str, float]
+    target: str
+    target_type: Literal["classification", "regression"]
+
+
+Preprocessing = Annotated[ImagePreprocessing | TabularPreprocessing, Field(discriminator="kind")]
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -54,7 +81,7 @@ class Manifest(BaseModel):
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     labels: list[str] = []
-    preprocessing: ImagePreprocessing
+    preprocessing: Preprocessing
     provenance: dict[str, Any] = {}
     metrics: dict[str, Any] = {}
 

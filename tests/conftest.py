@@ -54,3 +54,14 @@ def siamese_run(run_dir, digits_folder):
     options = dict(TINY_SIAMESE_OPTIONS, data=str(digits_folder), output=run_dir / "siamese_run")
     result = train_and_export(task, options)
     return task, result
+
+
+@pytest.fixture(scope="session")
+def tabular_run(run_dir):
+    """A tabular model of the embedded penguins, trained for seconds, exported, checked, registered."""
+    from pipelines.registry import get_task
+    from pipelines.run import train_and_export
+    from tests.helpers import TINY_TABULAR_OPTIONS
+
+    task = get_task("tabular")
+    return task, train_and_export(task, dict(TINY_TABULAR_OPTIONS, output=run_dir / "tabular_run"))

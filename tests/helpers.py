@@ -84,3 +84,8 @@ def digits_subset(source: Path, target: Path, per_class: int) -> Path:
             shutil.copy2(path, target / path.name)
             counts[label] = counts.get(label, 0) + 1
     return target
+
+TINY_TABULAR_OPTIONS = dict(
+    data="penguins", valid_data=None, target=None, cat_names=None, cont_names=None, target_type="auto",
+    layers="200,100", epochs=3, lr=1e-2, batch_size=64, seed=42, register=True,
+)

@@ -12,14 +12,18 @@ from tests.helpers import BENTOML, REPO
 pytestmark = pytest.mark.slow
 
 
-def test_bentoml_build_pins_model_and_excludes_torch(siamese_run):
-    _, result = siamese_run
+def build(bentofile: str):
     completed = subprocess.run(
-        [BENTOML, "build", "--output", "tag"], cwd=REPO, env=os.environ, capture_output=True, text=True, timeout=300,
+        [BENTOML, "build", "-f", bentofile, "--output", "tag"], cwd=REPO, env=os.environ, capture_output=True,
+        text=True, timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    tag = completed.stdout.strip().splitlines()[-1].replace("__tag__:", "")
-    bento = bentoml.get(tag)
+    return bentoml.get(completed.stdout.strip().splitlines()[-1].replace("__tag__:", ""))
+
+
+def test_bentoml_build_pins_model_and_excludes_torch(siamese_run):
+    _, result = siamese_run
+    bento = build("bentofile.yaml")
     assert [str(model.tag) for model in bento.info.all_models] == [result.tag]
     requirements = (bento.path_of("env/python/requirements.txt"))
     with open(requirements) as handle:
@@ -30,3 +34,12 @@ def test_bentoml_build_pins_model_and_excludes_torch(siamese_run):
     assert "siamese.py" in sources and "images.py" in sources
     with open(bento.path_of("bento.yaml")) as handle:
         assert yaml.safe_load(handle)["service"] == "services.siamese:SiameseService"
+
+
+def test_tabular_bento_pins_the_tabular_model(tabular_run):
+    _, result = tabular_run
+    bento = build("bentofile.tabular.yaml")
+    assert [str(model.tag) for model in bento.info.all_models] == [result.tag]
+    with open(bento.path_of("env/python/requirements.txt")) as handle:
+        packages = handle.read().lower()
+    assert "torch" not in packages and "fastai" not in packages and "pandas" not in packages

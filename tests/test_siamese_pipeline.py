@@ -41,7 +41,8 @@ def test_parity_report_covers_batches_sizes_and_preprocessing(siamese_run):
     assert "random 72x88 batch 3" in names
     whole = report["cases"][2]
     assert whole["input_shapes"]["image_a"][0] == len(result.learn.dls.valid_ds)
-    assert whole["accuracy_pytorch"] == whole["accuracy_onnx"]
+    assert whole["metric"] == "accuracy"
+    assert whole["metric_pytorch"] == whole["metric_onnx"]
     for case in report["cases"]:
         assert case["logits_max_abs_error"] <= task.onnx_config.tolerance.logits_atol
         assert case["argmax_agreement"] == 1.0
@@ -91,7 +92,7 @@ def test_tampered_export_fails_parity_with_a_typed_error(siamese_run, tmp_path):
     onnx.save(model, str(tampered))
     session = create_session(tampered, "cpu")
     report = check_parity("siamese", task.exportable_module(result.learn), session, task.onnx_config,
-                          task.parity_cases(result.learn)[:3])
+                          task.parity_cases(result.learn, None)[:3])
     assert not report.passed
     with pytest.raises(ToleranceExceededError):
         report.raise_for_failure()
@@ -118,6 +119,6 @@ def test_torchscript_exporter_fallback_also_passes_parity(siamese_run, tmp_path)
     path = tmp_path / "model.onnx"
     module = task.exportable_module(result.learn)
     assert export_onnx(module, task.example_inputs(result.learn), config, path) == "torchscript"
-    report = check_parity("siamese", module, create_session(path, "cpu"), config, task.parity_cases(result.learn))
+    report = check_parity("siamese", module, create_session(path, "cpu"), config, task.parity_cases(result.learn, None))
     assert report.passed, report.failures()
     assert report.cases[-1].input_shapes["image_a"] == [3, 3, 72, 88]

@@ -18,7 +18,11 @@ from export.report import TrainingSummary
 class PreparedData:
     dls: Any
     source: str  # how a human would name the data: "digits (embedded, 1797 images)"
-    details: dict = field(default_factory=dict)
+    details: dict = field(default_factory=dict)  # counts for people, and objects (file lists, frames) for the task
+
+    def summary(self) -> dict:
+        """The plain values of `details`, for the console and the manifest."""
+        return {k: v for k, v in self.details.items() if isinstance(v, (str, int, float, bool))}
 
 
 class Task(ABC):
@@ -47,7 +51,7 @@ class Task(ABC):
     def example_inputs(self, learn) -> tuple: ...
 
     @abstractmethod
-    def parity_cases(self, learn) -> list[ParityCase]: ...
+    def parity_cases(self, learn, data: PreparedData) -> list[ParityCase]: ...
 
     @abstractmethod
     def labels(self, learn) -> list[str]: ...

@@ -263,7 +263,7 @@ class SiameseTask(Task):
             targets.append(y.cpu().long().numpy())
         return np.concatenate(firsts), np.concatenate(seconds), np.concatenate(targets)
 
-    def parity_cases(self, learn) -> list[ParityCase]:
+    def parity_cases(self, learn, data: PreparedData) -> list[ParityCase]:
         first, second, targets = self.validation_arrays(learn)
         total = len(targets)
         cases = [

@@ -1,0 +1,35 @@
+"""Timing and table helpers shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+
+
+def timed(function, repeats: int, warmup: int = 3) -> list[float]:
+    """Milliseconds per call, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        function()
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def row(name: str, batch: int, samples: list[float], unit: str = "items/s") -> dict:
+    median = statistics.median(samples)
+    return {"path": name, "batch": batch, "p50 ms": median, "p95 ms": float(np.percentile(samples, 95)),
+            unit: batch * 1000 / median}
+
+
+def print_table(title: str, rows: list[dict]) -> None:
+    print(f"\n{title}\n")
+    headers = list(rows[0])
+    print("| " + " | ".join(headers) + " |")
+    print("|" + "---|" * len(headers))
+    for entry in rows:
+        print("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in entry.values()) + " |")

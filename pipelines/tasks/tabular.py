@@ -1,0 +1,284 @@
+"""Tabular: fastbook's `tabular_learner` with Categorify, FillMissing and Normalize."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+
+from export.config import OnnxConfig, ParityTolerance, TensorConfig
+from export.parity import ParityCase, PreprocessingCheck
+from export.report import TrainingSummary
+from pipelines.data import download_book_dataset
+from pipelines.errors import PipelineError
+from pipelines.tasks.base import PreparedData, Task
+from pipelines.training import TrainingHistory
+from services.manifest import TabularPreprocessing
+from services.tabular_preprocessing import encode_records
+
+UNSEEN = "__a category never seen in training__"
+
+
+def read_table(path: Path):
+    import pandas as pd
+
+    if not path.exists():
+        raise PipelineError(f"--data {path}: no such file (expected 'penguins', 'adult_sample' or a CSV/Parquet file)")
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        return pd.read_csv(path, sep=None if path.suffix.lower() in (".tsv", ".txt") else ",", engine="python" if path.suffix.lower() in (".tsv", ".txt") else None)
+    except Exception as error:
+        raise PipelineError(f"--data {path}: could not read it as a table ({type(error).__name__}: {error})") from None
+
+
+def split_columns(df, target: str, cat_names, cont_names) -> tuple[list[str], list[str]]:
+    """Columns from the options, else inferred: numbers are continuous, everything else categorical."""
+    import pandas as pd
+
+    missing = [c for c in [target, *(cat_names or []), *(cont_names or [])] if c not in df.columns]
+    if missing:
+        raise PipelineError(f"columns {missing} are not in the data (columns: {', '.join(map(str, df.columns))})")
+    rest = [c for c in df.columns if c != target]
+    if cat_names is None and cont_names is None:
+        cont_names = [c for c in rest if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
+        cat_names = [c for c in rest if c not in cont_names]
+    elif cat_names is None:
+        cat_names = [c for c in rest if c not in cont_names]
+    elif cont_names is None:
+        cont_names = [c for c in rest if c not in cat_names]
+    bad = [c for c in cont_names if not pd.api.types.is_numeric_dtype(df[c])]
+    if bad:
+        raise PipelineError(f"continuous columns {bad} hold non-numbers; name them with --cat-names")
+    return list(cat_names), list(cont_names)
+
+
+def _names(value: str | None) -> list[str] | None:
+    return None if value is None else [name.strip() for name in value.split(",") if name.strip()]
+
+
+class TabularTask(Task):
+    name = "tabular"
+    summary = "JSON records in, a class or a value out (fastbook's tabular_learner)"
+    onnx_config = OnnxConfig(
+        inputs=(TensorConfig("x_cat", "int64", {0: "batch"}), TensorConfig("x_cont", "float32", {0: "batch"})),
+        outputs=(TensorConfig("output", "float32", {0: "batch"}),),
+        opset=18,
+        tolerance=ParityTolerance(logits_atol=1e-5, logits_rtol=1e-5, probability_atol=1e-5, preprocessing_atol=0.0),
+        exporter="dynamo",
+    )
+    default_epochs = {"penguins": 20, "adult_sample": 3}
+    default_lr = 1e-2
+
+    @classmethod
+    def cli_options(cls):
+        return [
+            click.Option(["--data"], default="penguins", show_default=True,
+                         help="'penguins' (embedded, offline: palmerpenguins' 344 penguins), 'adult_sample' "
+                              "(fastai's ADULT_SAMPLE via untar_data), or a CSV/TSV/Parquet file."),
+            click.Option(["--valid-data"], type=click.Path(path_type=Path), default=None,
+                         help="A second file of the same columns used as the validation set "
+                              "[default: a random 20% of --data]."),
+            click.Option(["--target"], default=None,
+                         help="Target column [default: species for penguins, salary for adult, else the last column]."),
+            click.Option(["--cat-names"], default=None, help="Comma-separated categorical columns [default: inferred]."),
+            click.Option(["--cont-names"], default=None, help="Comma-separated continuous columns [default: inferred]."),
+            click.Option(["--target-type"], type=click.Choice(["auto", "classification", "regression"]), default="auto",
+                         show_default=True, help="'auto': numbers with more than 20 distinct values are regression."),
+            click.Option(["--layers"], default="200,100", show_default=True, help="Hidden layer sizes."),
+        ]
+
+    # ----- data -------------------------------------------------------------------------------
+    def load_frames(self, options: dict):
+        data = options["data"]
+        if data == "penguins":
+            import palmerpenguins
+
+            return palmerpenguins.load_penguins(), "species", "penguins (palmerpenguins, embedded)"
+        if data == "adult_sample":
+            import pandas as pd
+            from fastai.data.external import URLs
+
+            path = download_book_dataset(URLs.ADULT_SAMPLE, "ADULT_SAMPLE", "--data penguins or --data FILE.csv")
+            return pd.read_csv(path / "adult.csv"), "salary", f"ADULT_SAMPLE ({path})"
+        path = Path(data).expanduser()
+        df = read_table(path)
+        return df, df.columns[-1], f"file {path}"
+
+    def prepare_data(self, options: dict) -> PreparedData:
+        import pandas as pd
+        from fastai.tabular.all import (
+            Categorify, CategoryBlock, FillMissing, Normalize, RandomSplitter, RegressionBlock, TabularDataLoaders,
+        )
+
+        df, default_target, source = self.load_frames(options)
+        target = options["target"] or default_target
+        if target not in df.columns:
+            raise PipelineError(f"--target {target!r} is not a column of {source}")
+        df = df[df[target].notna()].reset_index(drop=True)
+        if len(df) < 10:
+            raise PipelineError(f"{source}: {len(df)} rows with a target; too few to train")
+        valid_idx = None
+        if options.get("valid_data"):
+            valid = read_table(Path(options["valid_data"]))
+            valid = valid[valid[target].notna()] if target in valid.columns else valid
+            if list(valid.columns) != list(df.columns):
+                raise PipelineError(f"--valid-data has columns {list(valid.columns)}, --data has {list(df.columns)}")
+            valid_idx = list(range(len(df), len(df) + len(valid)))
+            df = pd.concat([df, valid], ignore_index=True)
+            source += f", validation {options['valid_data']}"
+        cat_names, cont_names = split_columns(df, target, _names(options["cat_names"]), _names(options["cont_names"]))
+        column_counts = {"categorical": len(cat_names), "continuous": len(cont_names)}
+        target_type = options["target_type"]
+        if target_type == "auto":
+            numeric = pd.api.types.is_numeric_dtype(df[target]) and not pd.api.types.is_bool_dtype(df[target])
+            target_type = "regression" if numeric and df[target].nunique() > 20 else "classification"
+        if target_type == "regression":
+            df[target] = df[target].astype("float32")
+        else:
+            df[target] = df[target].astype(str)
+        if valid_idx is None:
+            valid_idx = list(RandomSplitter(valid_pct=0.2, seed=options["seed"])(range_of(df))[1])
+        dls = TabularDataLoaders.from_df(
+            # copies: fastai appends its `_na` indicator columns to the lists it is given
+            df, procs=[Categorify, FillMissing, Normalize], cat_names=list(cat_names), cont_names=list(cont_names),
+            y_names=target, y_block=CategoryBlock() if target_type == "classification" else RegressionBlock(),
+            valid_idx=valid_idx, bs=options["batch_size"],
+        )
+        raw_valid = df.iloc[valid_idx].reset_index(drop=True)
+        return PreparedData(
+            dls=dls, source=source,
+            details={"rows": len(df), "train_rows": len(df) - len(valid_idx), "valid_rows": len(valid_idx),
+                     "target": target, "target_type": target_type, **column_counts, "raw_valid": raw_valid},
+        )
+
+    # ----- model and training -----------------------------------------------------------------
+    def build_learner(self, data: PreparedData, options: dict):
+        from fastai.tabular.all import accuracy, rmse, tabular_learner
+
+        try:
+            layers = [int(size) for size in options["layers"].split(",")]
+        except ValueError:
+            raise PipelineError(f"--layers {options['layers']!r}: expected sizes like 200,100") from None
+        metric = accuracy if data.details["target_type"] == "classification" else rmse
+        learn = tabular_learner(data.dls, layers=layers, metrics=metric)
+        learn.target_type = data.details["target_type"]
+        return learn
+
+    def train(self, learn, options: dict) -> TrainingSummary:
+        epochs = options["epochs"] or self.default_epochs.get(options["data"], 5)
+        lr = options["lr"] or self.default_lr
+        history = TrainingHistory(learn)
+        schedule = f"fit_one_cycle({epochs}, {lr:g})"
+        click.echo(f"schedule: {schedule} (the book's tabular recipe)")
+        history.fit("all layers", lambda: learn.fit_one_cycle(epochs, lr))
+        return history.summary(schedule, "tabular models train from scratch; one cycle as in the book")
+
+    # ----- export -----------------------------------------------------------------------------
+    def exportable_module(self, learn):
+        return learn.model.eval().cpu()
+
+    @staticmethod
+    def model_inputs(dls, batch):
+        """(x_cat, x_cont) of a fastai batch; fastai leaves x_cont out when there are no continuous columns."""
+        import torch
+
+        x_cat = batch[0].cpu().long()
+        x_cont = batch[1].cpu().float() if dls.n_inp == 2 else torch.zeros((len(x_cat), 0))
+        return x_cat, x_cont
+
+    def example_inputs(self, learn):
+        x_cat, x_cont = self.model_inputs(learn.dls, learn.dls.valid.one_batch())
+        return x_cat[:2], x_cont[:2]
+
+    def fastai_tensors(self, dls, frame) -> tuple[np.ndarray, np.ndarray]:
+        """fastai's own tensors for raw rows, through `dls.test_dl` (the path of `learn.get_preds`)."""
+        import torch
+
+        pairs = [self.model_inputs(dls, batch) for batch in dls.test_dl(frame, bs=max(1, len(frame)))]
+        return torch.cat([p[0] for p in pairs]).numpy(), torch.cat([p[1] for p in pairs]).numpy()
+
+    def awkward_rows(self, learn, frame):
+        """Validation rows with unseen categories and missing values, where fastai can fill them."""
+        procs = learn.dls.train_ds.procs
+        rows = frame.head(7).copy()
+        for position, column in enumerate(learn.dls.cat_names):
+            if column in rows.columns and not column.endswith("_na"):
+                rows.loc[rows.index[position % len(rows)], column] = UNSEEN
+                rows.loc[rows.index[(position + 3) % len(rows)], column] = None
+        for column in procs.fill_missing.na_dict:
+            rows.loc[rows.index[1], column] = np.nan
+        return rows
+
+    def raw_frames(self, learn, data: PreparedData) -> dict[str, object]:
+        frame = data.details["raw_valid"]
+        return {"first row": frame.head(1), "first 7 rows": frame.head(7),
+                f"validation set ({len(frame)})": frame, "unseen categories and missing values": self.awkward_rows(learn, frame)}
+
+    def parity_cases(self, learn, data: PreparedData) -> list[ParityCase]:
+        frames = self.raw_frames(learn, data)
+        target = data.details["target"]
+        metric = "accuracy" if learn.target_type == "classification" else "rmse"
+        vocab = list(learn.dls.vocab) if learn.target_type == "classification" else None
+        cases = []
+        for name, frame in frames.items():
+            x_cat, x_cont = self.fastai_tensors(learn.dls, frame)
+            targets = None
+            if frame[target].notna().all():
+                values = frame[target].to_numpy()
+                targets = np.array([vocab.index(v) for v in values]) if vocab else values.astype(np.float64)
+            cases.append(ParityCase(name, {"x_cat": x_cat, "x_cont": x_cont}, targets, f"{len(frame)} raw rows", metric))
+        return cases
+
+    def labels(self, learn) -> list[str]:
+        return [str(v) for v in learn.dls.vocab] if learn.target_type == "classification" else [learn.dls.y_names[0]]
+
+    def preprocessing(self, learn) -> TabularPreprocessing:
+        procs = learn.dls.train_ds.procs
+        categorify, fill, normalize = procs.categorify, procs.fill_missing, procs.normalize
+        x_cat_columns = list(learn.dls.cat_names)
+        return TabularPreprocessing(
+            cat_names=[c for c in x_cat_columns if not (c.endswith("_na") and c[:-3] in fill.na_dict)],
+            cont_names=list(learn.dls.cont_names),
+            x_cat_columns=x_cat_columns,
+            categories={c: [_plain(v) for v in categorify.classes[c]] for c in x_cat_columns},
+            fill_values={c: float(v) for c, v in fill.na_dict.items()},
+            means={c: float(v) for c, v in normalize.means.items()},
+            stds={c: float(v) for c, v in normalize.stds.items()},
+            target=learn.dls.y_names[0],
+            target_type=learn.target_type,
+        )
+
+    def check_preprocessing(self, learn, data: PreparedData) -> PreprocessingCheck:
+        spec = self.preprocessing(learn)
+        details, worst = [], 0.0
+        frames = self.raw_frames(learn, data)
+        for name, frame in frames.items():
+            expected_cat, expected_cont = self.fastai_tensors(learn.dls, frame)
+            records = frame_to_records(frame)
+            served_cat, served_cont = encode_records(records, spec)
+            cat_error = float(np.abs(served_cat - expected_cat).max()) if served_cat.size else 0.0
+            cont_error = float(np.abs(served_cont - expected_cont).max()) if served_cont.size else 0.0
+            worst = max(worst, cat_error, cont_error)
+            details.append({"rows": name, "x_cat_max_abs_error": cat_error, "x_cont_max_abs_error": cont_error})
+        return PreprocessingCheck(compared=sum(len(f) for f in frames.values()),
+                                  max_abs_error=worst, passed=worst <= self.onnx_config.tolerance.preprocessing_atol,
+                                  details=details)
+
+
+def _plain(value):
+    """numpy scalars to JSON-able Python values (category classes go into the manifest)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def frame_to_records(frame) -> list[dict]:
+    """Rows as a client would send them: JSON values, None for missing."""
+    import pandas as pd
+
+    return [{k: (None if (not isinstance(v, str) and pd.isna(v)) else _plain(v)) for k, v in row.items()}
+            for row in frame.to_dict(orient="records")]
+
+
+def range_of(df):
+    return list(range(len(df)))

@@ -1,0 +1,110 @@
+"""Tabular service: a list of JSON records in, a prediction per record out.
+
+The request schema is built from the registered model's manifest when the service is imported, so the
+OpenAPI document lists every column with its type. Unknown extra keys are ignored (clients often send
+whole rows, target included); a missing column, a wrong type, an empty list or too many records is a
+400 that names the record and the column.
+"""
+
+import os
+from typing import Annotated, Any, Optional, Union
+
+import bentoml
+import numpy as np
+from bentoml.exceptions import InvalidArgument
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, create_model
+
+from services.loading import ServedModel, model_tag, softmax
+from services.manifest import Manifest, TabularPreprocessing
+from services.tabular_preprocessing import RecordError, encode_records
+
+TASK = "tabular"
+MAX_RECORDS = int(os.environ.get("TABULAR_MAX_RECORDS", "4096"))
+MODEL = bentoml.models.BentoModel(model_tag(TASK))
+# Strict: JSON numbers (integers too), never strings that look like numbers.
+Number = StrictFloat
+
+
+def category_type(classes: list) -> Any:
+    values = classes[1:]
+    if values and all(isinstance(v, bool) for v in values):
+        return Optional[bool]
+    if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return Optional[Number]
+    if all(isinstance(v, str) for v in values):
+        return Optional[str]
+    return Optional[Union[str, Number, bool]]
+
+
+def record_model(spec: TabularPreprocessing) -> type[BaseModel]:
+    """A pydantic model of one record: every input column required (null allowed where fastai fills it)."""
+    fields: dict[str, Any] = {}
+    for index, column in enumerate(spec.cont_names):
+        kind = Optional[Number] if column in spec.fill_values else Number
+        fields[f"cont_{index}"] = (kind, Field(alias=column, description=f"continuous; mean {spec.means[column]:.4g}"))
+    for index, column in enumerate(spec.cat_names):
+        classes = spec.categories[column]
+        fields[f"cat_{index}"] = (category_type(classes), Field(
+            alias=column, description=f"categorical; {len(classes) - 1} known values, others count as unknown",
+            examples=[classes[1]] if len(classes) > 1 else None,
+        ))
+    return create_model("Record", __config__=ConfigDict(extra="ignore", populate_by_name=False), **fields)
+
+
+def registered_spec() -> Optional[TabularPreprocessing]:
+    stored = MODEL.stored
+    return Manifest.read(stored.path).preprocessing if stored is not None else None
+
+
+_SPEC = registered_spec()
+Record = record_model(_SPEC) if _SPEC is not None else dict[str, Any]
+
+
+class TabularPrediction(BaseModel):
+    prediction: Union[str, float] = Field(description="the class, or the value for a regression model")
+    probabilities: Optional[dict[str, float]] = None
+
+
+class TabularResponse(BaseModel):
+    predictions: list[TabularPrediction]
+    model: str
+    provider: str
+
+
+@bentoml.service(name="tabular", traffic={"timeout": 60})
+class TabularService:
+    model_ref = MODEL
+
+    def __init__(self) -> None:
+        stored = self.model_ref
+        self.model = ServedModel.load(str(stored.tag), stored.path, TASK)
+        self.spec: TabularPreprocessing = self.model.manifest.preprocessing
+
+    @bentoml.api
+    def predict(
+        self, records: Annotated[list[Record], Field(min_length=1, max_length=MAX_RECORDS)]
+    ) -> TabularResponse:
+        """Predict for one or many records (JSON objects keyed by column name)."""
+        rows = [r.model_dump(by_alias=True) if isinstance(r, BaseModel) else r for r in records]
+        try:
+            x_cat, x_cont = encode_records(rows, self.spec)
+        except RecordError as error:
+            raise InvalidArgument(str(error)) from None
+        outputs = self.model.run({"x_cat": x_cat, "x_cont": x_cont})
+        labels = self.model.manifest.labels
+        if self.spec.target_type == "regression":
+            predictions = [TabularPrediction(prediction=float(value)) for value in outputs[:, 0]]
+        else:
+            probabilities = softmax(outputs)
+            predictions = [
+                TabularPrediction(prediction=labels[int(np.argmax(row))],
+                                  probabilities={label: float(p) for label, p in zip(labels, row)})
+                for row in probabilities
+            ]
+        return TabularResponse(predictions=predictions, model=self.model.tag, provider=self.model.provider)
+
+    @bentoml.api
+    def model_info(self) -> dict:
+        """The model version, the ONNX Runtime provider in use, the columns and training metrics."""
+        return {**self.model.info(), "cat_names": self.spec.cat_names, "cont_names": self.spec.cont_names,
+                "fill_values": self.spec.fill_values, "target": self.spec.target, "target_type": self.spec.target_type}
