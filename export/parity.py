@@ -24,14 +24,14 @@ CLASS_AXIS = 1
 
 @dataclass
 class ParityCase:
-    """Inputs keyed by ONNX input name; `targets` enable the task metric (`accuracy` on class indices,
-    `rmse` on regression values)."""
+    """Inputs keyed by ONNX input name; `targets` enable the task metrics (`accuracy` and `dice` on class
+    indices, `rmse` on regression values)."""
 
     name: str
     inputs: dict[str, np.ndarray]
     targets: np.ndarray | None = None
     description: str = ""
-    metric: str = "accuracy"
+    metrics: tuple[str, ...] = ("accuracy",)
 
 
 @dataclass
@@ -45,9 +45,7 @@ class CaseResult:
     probability_max_abs_error: float
     argmax_agreement: float
     disagreements_beyond_tie: int
-    metric: str | None
-    metric_pytorch: float | None
-    metric_onnx: float | None
+    metrics: dict[str, dict[str, float]]  # name -> {"pytorch": value, "onnx": value}
     passed: bool
     problems: list[str] = field(default_factory=list)
 
@@ -109,9 +107,22 @@ def torch_logits(module: torch.nn.Module, case: ParityCase, config: OnnxConfig) 
     return output.detach().float().numpy()
 
 
+def mean_dice(predicted: np.ndarray, targets: np.ndarray, background: int = 0) -> float:
+    """Dice averaged over the non-background classes present in the prediction or the target."""
+    scores = []
+    for cls in np.union1d(np.unique(predicted), np.unique(targets)):
+        if cls == background:
+            continue
+        p, t = predicted == cls, targets == cls
+        scores.append(2.0 * np.logical_and(p, t).sum() / (p.sum() + t.sum()))
+    return float(np.mean(scores)) if scores else 1.0
+
+
 def task_metric(name: str, outputs: np.ndarray, classes: np.ndarray, targets: np.ndarray) -> float:
     if name == "accuracy":
         return float((classes == targets).mean())
+    if name == "dice":
+        return mean_dice(classes, targets)
     if name == "rmse":
         predictions = outputs.reshape(targets.shape).astype(np.float64)
         return float(np.sqrt(np.mean((predictions - targets.astype(np.float64)) ** 2)))
@@ -123,7 +134,7 @@ def compare_case(case: ParityCase, expected: np.ndarray, actual: np.ndarray, tol
     if expected.shape != actual.shape:
         return CaseResult(
             case.name, case.description, shapes, list(actual.shape), float("inf"), float("inf"), float("inf"),
-            0.0, -1, None, None, None, False,
+            0.0, -1, {}, False,
             [f"output shape {list(actual.shape)} differs from PyTorch's {list(expected.shape)}"],
         )
     difference = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
@@ -139,11 +150,13 @@ def compare_case(case: ParityCase, expected: np.ndarray, actual: np.ndarray, tol
     else:  # one output column (regression): no classes to disagree on
         margin = np.zeros(expected_class.shape)
     disagreements = int(((expected_class != actual_class) & (margin > tolerance.tie_margin)).sum())
-    metric = metric_pytorch = metric_onnx = None
+    metrics = {}
     if case.targets is not None:
-        metric = case.metric
-        metric_pytorch = task_metric(case.metric, expected, expected_class, case.targets)
-        metric_onnx = task_metric(case.metric, actual, actual_class, case.targets)
+        metrics = {
+            name: {"pytorch": task_metric(name, expected, expected_class, case.targets),
+                   "onnx": task_metric(name, actual, actual_class, case.targets)}
+            for name in case.metrics
+        }
 
     problems = []
     if not np.allclose(actual, expected, atol=tolerance.logits_atol, rtol=tolerance.logits_rtol):
@@ -156,7 +169,7 @@ def compare_case(case: ParityCase, expected: np.ndarray, actual: np.ndarray, tol
         problems.append(f"{disagreements} predicted classes disagree where PyTorch's margin exceeds {tolerance.tie_margin:g}")
     return CaseResult(
         case.name, case.description, shapes, list(actual.shape), max_abs, max_rel, probability_error, agreement,
-        disagreements, metric, metric_pytorch, metric_onnx, not problems, problems,
+        disagreements, metrics, not problems, problems,
     )
 
 

@@ -63,7 +63,8 @@ def _cell(value) -> str:
     return str(value)
 
 
-def write_report(folder: Path, task: str, version: str, summary: TrainingSummary, parity: ParityReport, data_source: str) -> Path:
+def write_report(folder: Path, task: str, version: str, summary: TrainingSummary, parity: ParityReport,
+                 data_source: str, figures: list[tuple[str, str]] = ()) -> Path:
     folder = Path(folder)
     plot_losses(summary, folder / LOSS_PLOT)
     parity_rows = [
@@ -74,9 +75,8 @@ def write_report(folder: Path, task: str, version: str, summary: TrainingSummary
             "max rel Δlogit": case.logits_max_rel_error,
             "max abs Δprob": case.probability_max_abs_error,
             "argmax agreement": case.argmax_agreement,
-            "metric": case.metric or "-",
-            "PyTorch": "-" if case.metric_pytorch is None else case.metric_pytorch,
-            "ONNX Runtime": "-" if case.metric_onnx is None else case.metric_onnx,
+            "metrics (PyTorch / ONNX Runtime)": "; ".join(
+                f"{name} {_cell(v['pytorch'])} / {_cell(v['onnx'])}" for name, v in case.metrics.items()) or "-",
             "passed": "yes" if case.passed else "NO",
         }
         for case in parity.cases
@@ -88,6 +88,7 @@ def write_report(folder: Path, task: str, version: str, summary: TrainingSummary
             f"max abs difference {parity.preprocessing.max_abs_error:.3g} "
             f"({'passed' if parity.preprocessing.passed else 'FAILED'}).\n"
         )
+    figure_section = "".join(f"\n{title}:\n\n![{title}]({name})\n" for title, name in figures)
     text = f"""# {task} model {version}
 
 Data: {data_source}
@@ -99,7 +100,7 @@ Schedule: {summary.schedule}; {summary.schedule_reason}. Took {summary.seconds:.
 {_table(summary.epochs)}
 
 ![loss curve]({LOSS_PLOT})
-
+{figure_section}
 ## Parity: PyTorch eval mode vs ONNX Runtime ({parity.provider})
 
 Verdict: **{'passed' if parity.passed else 'FAILED'}**. Tolerances: {parity.tolerance}.

@@ -6,8 +6,9 @@ from pipelines.errors import PipelineError
 from pipelines.tasks.base import Task
 from pipelines.tasks.siamese import SiameseTask
 from pipelines.tasks.tabular import TabularTask
+from pipelines.tasks.unet import UnetTask
 
-TASKS: dict[str, type[Task]] = {task.name: task for task in (SiameseTask, TabularTask)}
+TASKS: dict[str, type[Task]] = {task.name: task for task in (SiameseTask, TabularTask, UnetTask)}
 
 
 def get_task(name: str) -> Task:

@@ -127,7 +127,7 @@ def train_and_export(task: Task, options: dict) -> RunResult:
     )
     manifest.write(output_dir)
     parity.write(output_dir / PARITY_FILE)
-    write_report(output_dir, task.name, version, summary, parity, data.source)
+    write_report(output_dir, task.name, version, summary, parity, data.source, task.report_figures(learn, output_dir))
     task.save_weights(learn, output_dir)
 
     if not parity.passed:

@@ -10,13 +10,17 @@ from __future__ import annotations
 import io
 import warnings
 
+from pathlib import Path
+
 import numpy as np
+from bentoml.exceptions import InvalidArgument
 from PIL import Image, UnidentifiedImageError
 
 from services.manifest import ImagePreprocessing
 
 RESAMPLE = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "bicubic": Image.BICUBIC}
 MAX_IMAGE_PIXELS = 40_000_000
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 
 
 class InvalidImageError(ValueError):
@@ -51,6 +55,17 @@ def decode_image(data: bytes, field: str, color_mode: str = "RGB") -> Image.Imag
     return image.convert(color_mode)
 
 
+def read_upload(path: Path, field: str, color_mode: str = "RGB") -> Image.Image:
+    """A multipart upload to a decoded image, or a 400 (InvalidArgument) naming the field and the problem."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_UPLOAD_BYTES:
+            raise InvalidImageError(field, f"the upload is {size:,} bytes, more than {MAX_UPLOAD_BYTES:,}")
+        return decode_image(path.read_bytes(), field, color_mode)
+    except InvalidImageError as error:
+        raise InvalidArgument(str(error)) from None
+
+
 def center_crop_box(width: int, height: int, target_width: int, target_height: int) -> tuple[int, int, int, int]:
     """fastai's validation `Resize(method=crop)`: the largest centred crop with the target's aspect."""
     ratio_w, ratio_h = width / target_width, height / target_height
@@ -61,6 +76,8 @@ def center_crop_box(width: int, height: int, target_width: int, target_height: i
 
 
 def resize_like_fastai(image: Image.Image, spec: ImagePreprocessing) -> Image.Image:
+    if spec.resize_method == "none":
+        return image
     if spec.resize_method == "crop":
         image = image.crop(center_crop_box(*image.size, spec.width, spec.height))
     return image.resize((spec.width, spec.height), RESAMPLE[spec.resample])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,9 +37,10 @@ class ImagePreprocessing(BaseModel):
 
     kind: Literal["image"] = "image"
     color_mode: Literal["RGB", "L"] = "RGB"
-    height: int = Field(gt=0)
-    width: int = Field(gt=0)
-    resize_method: Literal["crop", "squish"] = "crop"
+    # None with resize_method "none": the model takes the image at its own size (fastai had no Resize).
+    height: Optional[int] = Field(default=None, gt=0)
+    width: Optional[int] = Field(default=None, gt=0)
+    resize_method: Literal["crop", "squish", "none"] = "crop"
     resample: Literal["bilinear", "nearest", "bicubic"] = "bilinear"
     scale: float = 255.0
     mean: list[float]

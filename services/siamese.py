@@ -6,14 +6,12 @@ from pathlib import Path
 
 import bentoml
 import numpy as np
-from bentoml.exceptions import InvalidArgument
 from pydantic import BaseModel, Field
 
-from services.images import InvalidImageError, decode_image, image_to_tensor
+from services.images import image_to_tensor, read_upload
 from services.loading import ServedModel, model_tag, softmax
 
 TASK = "siamese"
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 
 
 class SiamesePrediction(BaseModel):
@@ -22,17 +20,6 @@ class SiamesePrediction(BaseModel):
     probabilities: dict[str, float]
     model: str
     provider: str
-
-
-def read_upload(path: Path, field: str, color_mode: str):
-    """Bytes of a multipart upload to a decoded image, or a 400 that names the field and the problem."""
-    try:
-        size = path.stat().st_size
-        if size > MAX_UPLOAD_BYTES:
-            raise InvalidImageError(field, f"the upload is {size:,} bytes, more than {MAX_UPLOAD_BYTES:,}")
-        return decode_image(path.read_bytes(), field, color_mode)
-    except InvalidImageError as error:
-        raise InvalidArgument(str(error)) from None
 
 
 @bentoml.service(name="siamese", traffic={"timeout": 60})

@@ -65,3 +65,16 @@ def tabular_run(run_dir):
 
     task = get_task("tabular")
     return task, train_and_export(task, dict(TINY_TABULAR_OPTIONS, output=run_dir / "tabular_run"))
+
+
+@pytest.fixture(scope="session")
+def unet_run(run_dir):
+    """A U-Net trained for seconds on 40 embedded digit scenes, exported, checked and registered."""
+    from pipelines.data import digit_scenes_folder
+    from pipelines.registry import get_task
+    from pipelines.run import train_and_export
+    from tests.helpers import TINY_UNET_OPTIONS
+
+    scenes = digit_scenes_folder(count=40, seed=1)
+    task = get_task("unet")
+    return task, train_and_export(task, dict(TINY_UNET_OPTIONS, data=str(scenes), output=run_dir / "unet_run"))

@@ -89,3 +89,7 @@ TINY_TABULAR_OPTIONS = dict(
     data="penguins", valid_data=None, target=None, cat_names=None, cont_names=None, target_type="auto",
     layers="200,100", epochs=3, lr=1e-2, batch_size=64, seed=42, register=True,
 )
+
+TINY_UNET_OPTIONS = dict(
+    arch="resnet18", pretrained="no", image_size=None, epochs=1, lr=3e-3, batch_size=8, seed=42, register=True,
+)

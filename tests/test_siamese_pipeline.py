@@ -41,8 +41,7 @@ def test_parity_report_covers_batches_sizes_and_preprocessing(siamese_run):
     assert "random 72x88 batch 3" in names
     whole = report["cases"][2]
     assert whole["input_shapes"]["image_a"][0] == len(result.learn.dls.valid_ds)
-    assert whole["metric"] == "accuracy"
-    assert whole["metric_pytorch"] == whole["metric_onnx"]
+    assert whole["metrics"]["accuracy"]["pytorch"] == whole["metrics"]["accuracy"]["onnx"]
     for case in report["cases"]:
         assert case["logits_max_abs_error"] <= task.onnx_config.tolerance.logits_atol
         assert case["argmax_agreement"] == 1.0

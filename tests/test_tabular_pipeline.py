@@ -126,7 +126,7 @@ def test_regression_target(tmp_path):
     assert result.manifest.preprocessing.target_type == "regression"
     assert result.parity.passed, result.parity.failures()
     whole = result.parity.cases[2]
-    assert whole.metric == "rmse" and whole.metric_pytorch == pytest.approx(whole.metric_onnx, rel=1e-5)
+    assert whole.metrics["rmse"]["pytorch"] == pytest.approx(whole.metrics["rmse"]["onnx"], rel=1e-5)
 
 
 ADULT = SHARED_DATASETS / "adult"
@@ -145,6 +145,7 @@ def test_adult_sample_beats_majority_class(tmp_path):
     result = train_and_export(get_task("tabular"), options)
     whole = result.parity.cases[2]
     majority = (valid["salary"] == "<=50K").mean()
-    assert whole.metric_pytorch > majority + 0.04
-    assert whole.metric_onnx == whole.metric_pytorch
+    accuracy = whole.metrics["accuracy"]
+    assert accuracy["pytorch"] > majority + 0.04
+    assert accuracy["onnx"] == accuracy["pytorch"]
     assert result.parity.passed

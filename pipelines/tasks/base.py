@@ -62,6 +62,10 @@ class Task(ABC):
     @abstractmethod
     def check_preprocessing(self, learn, data: PreparedData) -> PreprocessingCheck: ...
 
+    def report_figures(self, learn, folder: Path) -> list[tuple[str, str]]:
+        """Pictures for the report, saved into `folder`: (title, file name) pairs. None by default."""
+        return []
+
     def save_weights(self, learn, folder: Path) -> Path:
         """The fastai model weights, beside the ONNX file, for users who go on in fastai."""
         import torch

@@ -19,11 +19,11 @@ from pipelines.data import DIGIT_NAMES, digits_image_folder, download_book_datas
 from pipelines.errors import PipelineError
 from pipelines.tasks.base import PreparedData, Task
 from pipelines.training import TrainingHistory
+from pipelines.vision import ARCHITECTURES, imagenet_weights, torchvision_arch
 from services.images import image_to_tensor
 from services.manifest import ImagePreprocessing
 
 BOOK_LABEL_PATTERN = r"^(.*)_\d+.jpg$"
-ARCHITECTURES = ("resnet18", "resnet34", "resnet50")
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
@@ -51,29 +51,12 @@ def parent_label_func(fname: Path) -> str:
 
 
 def load_encoder(arch: str, pretrained: str):
-    """A torchvision ResNet body; ImageNet weights when they can be had (cached or downloaded)."""
-    import torchvision.models as tvm
+    """A torchvision ResNet body cut at -2, as the book; ImageNet weights when they can be had."""
     from fastai.vision.all import create_body
 
-    builder = getattr(tvm, arch)
-    weights_enum = tvm.get_model_weights(arch).IMAGENET1K_V1
-    used_pretrained, note = False, "pretrained weights not requested"
-    model = None
-    if pretrained in ("auto", "yes"):
-        try:
-            model = builder(weights=weights_enum)
-            used_pretrained, note = True, f"ImageNet weights {weights_enum}"
-        except Exception as error:
-            if pretrained == "yes":
-                raise PipelineError(
-                    f"--pretrained yes, but the ImageNet weights for {arch} could not be loaded "
-                    f"({type(error).__name__}: {error}); use --pretrained auto or no offline"
-                ) from None
-            note = f"ImageNet weights for {arch} unavailable ({type(error).__name__}), training from scratch"
-            click.echo(f"note: {note}")
-    if model is None:
-        model = builder(weights=None)
-    return create_body(model, pretrained=False, cut=-2), used_pretrained, note
+    weights, note = imagenet_weights(arch, pretrained)
+    model = torchvision_arch(arch)(weights=weights)
+    return create_body(model, pretrained=False, cut=-2), weights is not None, note
 
 
 class SiameseTask(Task):

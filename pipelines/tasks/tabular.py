@@ -219,7 +219,7 @@ class TabularTask(Task):
     def parity_cases(self, learn, data: PreparedData) -> list[ParityCase]:
         frames = self.raw_frames(learn, data)
         target = data.details["target"]
-        metric = "accuracy" if learn.target_type == "classification" else "rmse"
+        metrics = ("accuracy",) if learn.target_type == "classification" else ("rmse",)
         vocab = list(learn.dls.vocab) if learn.target_type == "classification" else None
         cases = []
         for name, frame in frames.items():
@@ -228,7 +228,7 @@ class TabularTask(Task):
             if frame[target].notna().all():
                 values = frame[target].to_numpy()
                 targets = np.array([vocab.index(v) for v in values]) if vocab else values.astype(np.float64)
-            cases.append(ParityCase(name, {"x_cat": x_cat, "x_cont": x_cont}, targets, f"{len(frame)} raw rows", metric))
+            cases.append(ParityCase(name, {"x_cat": x_cat, "x_cont": x_cont}, targets, f"{len(frame)} raw rows", metrics))
         return cases
 
     def labels(self, learn) -> list[str]:
