@@ -6,9 +6,10 @@ from pipelines.errors import PipelineError
 from pipelines.tasks.base import Task
 from pipelines.tasks.siamese import SiameseTask
 from pipelines.tasks.tabular import TabularTask
+from pipelines.tasks.text import TextTask
 from pipelines.tasks.unet import UnetTask
 
-TASKS: dict[str, type[Task]] = {task.name: task for task in (SiameseTask, TabularTask, UnetTask)}
+TASKS: dict[str, type[Task]] = {task.name: task for task in (SiameseTask, TabularTask, UnetTask, TextTask)}
 
 
 def get_task(name: str) -> Task:

@@ -71,6 +71,7 @@ def new_output_dir(task: str, output: Path | None) -> Path:
 def train_and_export(task: Task, options: dict) -> RunResult:
     from fastai.torch_core import set_seed
 
+    options["batch_size"] = options.get("batch_size") or task.default_batch_size
     output_dir = new_output_dir(task.name, options.get("output"))
     set_seed(options["seed"], reproducible=True)
 

@@ -71,7 +71,23 @@ class TabularPreprocessing(BaseModel):
     target_type: Literal["classification", "regression"]
 
 
-Preprocessing = Annotated[ImagePreprocessing | TabularPreprocessing, Field(discriminator="kind")]
+class TextPreprocessing(BaseModel):
+    """fastai's tokenisation as `learn.predict` runs it: `rules` in order, spaCy's blank `language`
+    tokenizer with fastai's special tokens, then `vocab` (unknown tokens -> `xxunk`). Batches are padded
+    on the right with `pad_index`; the model also takes each row's length."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["text"] = "text"
+    language: str = "en"
+    rules: list[str]
+    vocab: list[str]
+    pad_index: int
+    bptt: int
+    max_len: int
+
+
+Preprocessing = Annotated[ImagePreprocessing | TabularPreprocessing | TextPreprocessing, Field(discriminator="kind")]
 
 
 class Manifest(BaseModel):

@@ -78,3 +78,16 @@ def unet_run(run_dir):
     scenes = digit_scenes_folder(count=40, seed=1)
     task = get_task("unet")
     return task, train_and_export(task, dict(TINY_UNET_OPTIONS, data=str(scenes), output=run_dir / "unet_run"))
+
+
+@pytest.fixture(scope="session")
+def text_run(run_dir):
+    """A small AWD-LSTM classifier trained for seconds on generated reviews, exported, checked, registered."""
+    from pipelines.registry import get_task
+    from pipelines.run import train_and_export
+    from tests.helpers import TINY_TEXT_OPTIONS, synthetic_reviews
+
+    path = run_dir / "reviews.csv"
+    synthetic_reviews(240).to_csv(path, index=False)
+    task = get_task("text")
+    return task, train_and_export(task, dict(TINY_TEXT_OPTIONS, data=str(path), output=run_dir / "text_run"))

@@ -93,3 +93,32 @@ TINY_TABULAR_OPTIONS = dict(
 TINY_UNET_OPTIONS = dict(
     arch="resnet18", pretrained="no", image_size=None, epochs=1, lr=3e-3, batch_size=8, seed=42, register=True,
 )
+
+TINY_TEXT_OPTIONS = dict(
+    valid_data=None, text_col="text", label_col="label", pretrained="no", model_size="small", drop_mult=None,
+    epochs=1, lr=5e-3, batch_size=32, seed=42, register=True,
+)
+
+
+def synthetic_reviews(count: int, seed: int = 0):
+    """Two classes of short reviews with their own words, plus the mess real text has (HTML, capitals,
+    repeats, emoji), of lengths from a few to a few hundred tokens."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    words = {"good": "great lovely tasty fresh superb delicious wonderful fine".split(),
+             "bad": "awful stale bland broken terrible soggy gross poor".split()}
+    common = "the this it was and a of to with product coffee tea box bag I we".split()
+    rows = []
+    for n in range(count):
+        label = "good" if n % 2 else "bad"
+        size = int(rng.choice([5, 20, 60, 150, 300]))
+        tokens = [str(rng.choice(words[label] if rng.random() < 0.3 else common)) for _ in range(size)]
+        text = " ".join(tokens)
+        if n % 5 == 0:
+            text = text.replace(" it ", " IT ", 1) + " <br /><br />Really!!! 😀"
+        if n % 7 == 0:
+            text = text.capitalize() + " sooo " + " ".join([tokens[0]] * 4)
+        rows.append((text, label))
+    return pd.DataFrame(rows, columns=["text", "label"])

@@ -29,6 +29,7 @@ class Task(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     onnx_config: ClassVar[OnnxConfig]
+    default_batch_size: ClassVar[int] = 64
 
     @classmethod
     def cli_options(cls) -> list[click.Option]:

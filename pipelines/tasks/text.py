@@ -1,0 +1,262 @@
+"""Text classification: fastbook's `text_classifier_learner` with AWD_LSTM (ULMFiT's classifier)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import click
+import numpy as np
+
+from export.config import OnnxConfig, ParityTolerance, TensorConfig
+from export.parity import ParityCase, PreprocessingCheck
+from export.report import TrainingSummary
+from pipelines.data import download_book_dataset
+from pipelines.errors import PipelineError
+from pipelines.tasks.base import PreparedData, Task
+from pipelines.tasks.tabular import read_table
+from pipelines.training import TrainingHistory
+from services.manifest import TextPreprocessing
+from services.text_preprocessing import Numericalizer, batch_ids, tokenize
+
+MODEL_SIZES = {"small": dict(emb_sz=128, n_hid=256, n_layers=2), "book": dict(emb_sz=400, n_hid=1152, n_layers=3)}
+# Strings that exercise every tokenisation rule, checked against fastai at export.
+TOKENIZER_PROBES = [
+    "", "   ", "This movie was GREAT!!! I loved it.", "<br /><br />Terrible &amp; boring &quot;film&quot;.",
+    "soooo gooood, really really really really good", "Tabs\tand\nnew lines", "emoji 😀 and café naïve",
+    "A/B testing #hashtag and C:\\path", "I'M SHOUTING NOW", "Mr. Smith's dog... isn't it?", "xxbos xxunk",
+]
+
+
+def detect_columns(df, text_col: str | None, label_col: str | None) -> tuple[str, str]:
+    """The text column is the one with the longest strings; the label the other with the fewest values."""
+    import pandas as pd
+
+    for name, value in (("--text-col", text_col), ("--label-col", label_col)):
+        if value is not None and value not in df.columns:
+            raise PipelineError(f"{name} {value!r} is not a column (columns: {', '.join(map(str, df.columns))})")
+    strings = [c for c in df.columns if pd.api.types.is_string_dtype(df[c]) or df[c].dtype == object]
+    if text_col is None:
+        if not strings:
+            raise PipelineError("no text column found; name it with --text-col")
+        text_col = max(strings, key=lambda c: df[c].astype(str).str.len().mean())
+    if label_col is None:
+        others = [c for c in df.columns if c != text_col and c != "is_valid"]
+        if not others:
+            raise PipelineError("no label column found; name it with --label-col")
+        label_col = min(others, key=lambda c: df[c].nunique())
+    return text_col, label_col
+
+
+class TextTask(Task):
+    name = "text"
+    summary = "a text in, a class out (fastbook's text_classifier_learner with AWD_LSTM)"
+    onnx_config = OnnxConfig(
+        inputs=(TensorConfig("tokens", "int64", {0: "batch", 1: "sequence"}), TensorConfig("lengths", "int64", {0: "batch"})),
+        outputs=(TensorConfig("logits", "float32", {0: "batch"}),),
+        opset=17,
+        tolerance=ParityTolerance(logits_atol=1e-4, logits_rtol=1e-4, probability_atol=1e-4, preprocessing_atol=0.0),
+        exporter="torchscript",
+    )
+    scratch_epochs, scratch_lr = 6, 5e-3
+
+    @classmethod
+    def cli_options(cls):
+        return [
+            click.Option(["--data"], default="imdb_sample", show_default=True,
+                         help="'imdb_sample' or 'imdb' (fastai's untar_data, as the book), or a CSV/TSV/Parquet "
+                              "file with a text and a label column."),
+            click.Option(["--valid-data"], type=click.Path(path_type=Path), default=None,
+                         help="A second file with the same columns used as the validation set [default: random 20%]."),
+            click.Option(["--text-col"], default=None, help="Text column [default: the one with the longest strings]."),
+            click.Option(["--label-col"], default=None, help="Label column [default: the other column with fewest values]."),
+            click.Option(["--pretrained"], type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True,
+                         help="WikiText-103 weights: 'auto' uses them when cached or downloadable, else trains from scratch."),
+            click.Option(["--model-size"], type=click.Choice(["auto", *MODEL_SIZES]), default="auto", show_default=True,
+                         help="AWD_LSTM size: 'book' (emb 400, hidden 1152, 3 layers; needed for pretrained weights) or "
+                              "'small' (emb 128, hidden 256, 2 layers); 'auto' picks book when pretrained, else small."),
+            click.Option(["--drop-mult"], type=float, default=None, help="Dropout multiplier [default: 0.5 pretrained, 0.3 small]."),
+        ]
+
+    # ----- data -------------------------------------------------------------------------------
+    def load_frame(self, options: dict):
+        import pandas as pd
+        from fastai.data.external import URLs
+
+        data = options["data"]
+        offline = "--data FILE.csv --text-col COLUMN --label-col COLUMN (any CSV of texts and labels)"
+        if data == "imdb_sample":
+            path = download_book_dataset(URLs.IMDB_SAMPLE, "IMDB_SAMPLE", offline)
+            return pd.read_csv(path / "texts.csv"), "text", "label", f"IMDB_SAMPLE ({path})"
+        if data == "imdb":
+            path = download_book_dataset(URLs.IMDB, "IMDB", offline)
+            rows = [(f.read_text(encoding="utf-8"), f.parent.name, split == "test")
+                    for split in ("train", "test") for label in ("pos", "neg") for f in (path / split / label).glob("*.txt")]
+            return pd.DataFrame(rows, columns=["text", "label", "is_valid"]), "text", "label", f"IMDB ({path})"
+        df = read_table(Path(data).expanduser())
+        text_col, label_col = detect_columns(df, options["text_col"], options["label_col"])
+        return df, text_col, label_col, f"file {data}"
+
+    def prepare_data(self, options: dict) -> PreparedData:
+        import pandas as pd
+        from fastai.text.all import TextDataLoaders
+
+        df, text_col, label_col, source = self.load_frame(options)
+        df = df[df[text_col].notna() & df[label_col].notna()].reset_index(drop=True)
+        if options.get("valid_data"):
+            valid = read_table(Path(options["valid_data"]))
+            df = pd.concat([df.assign(is_valid=False), valid.assign(is_valid=True)], ignore_index=True)
+            source += f", validation {options['valid_data']}"
+        df[label_col] = df[label_col].astype(str)
+        if df[label_col].nunique() < 2:
+            raise PipelineError(f"{source}: the label column {label_col!r} has fewer than 2 classes")
+        valid_kwargs = {"valid_col": "is_valid"} if "is_valid" in df.columns else {"valid_pct": 0.2}
+        dls = TextDataLoaders.from_df(df, text_col=text_col, label_col=label_col, seed=options["seed"],
+                                      bs=options["batch_size"], seq_len=72, **valid_kwargs)
+        valid_frame = dls.valid_ds.items
+        raw_valid = df.loc[valid_frame.index] if hasattr(valid_frame, "index") else None
+        return PreparedData(dls=dls, source=source, details={
+            "texts": len(df), "train_texts": len(dls.train_ds), "valid_texts": len(dls.valid_ds),
+            "text_col": text_col, "label_col": label_col, "vocab": len(dls.vocab[0]), "raw_valid": raw_valid,
+        })
+
+    # ----- model and training -----------------------------------------------------------------
+    def build_learner(self, data: PreparedData, options: dict):
+        from fastai.text.all import AWD_LSTM, accuracy, text_classifier_learner
+
+        pretrained = options["pretrained"] != "no"
+        size = options["model_size"]
+        if pretrained and size in ("auto", "book"):
+            try:
+                learn = text_classifier_learner(data.dls, AWD_LSTM, drop_mult=options["drop_mult"] or 0.5,
+                                                pretrained=True, metrics=accuracy)
+                learn.pretrained_encoder, learn.pretrained_note, learn.model_size = True, "WikiText-103 weights", "book"
+                return learn
+            except Exception as error:
+                if options["pretrained"] == "yes":
+                    raise PipelineError(f"--pretrained yes, but the WikiText-103 weights could not be loaded "
+                                        f"({type(error).__name__}: {error})") from None
+                click.echo(f"note: WikiText-103 weights unavailable ({type(error).__name__}), training from scratch")
+        size = "small" if size == "auto" else size
+        learn = text_classifier_learner(data.dls, AWD_LSTM, drop_mult=options["drop_mult"] or 0.3, pretrained=False,
+                                        config=dict(MODEL_SIZES[size]), metrics=accuracy)
+        learn.pretrained_encoder, learn.pretrained_note, learn.model_size = False, "trained from scratch", size
+        options["model_size"] = size
+        return learn
+
+    def train(self, learn, options: dict) -> TrainingSummary:
+        from fastai.callback.tracker import SaveModelCallback
+
+        history = TrainingHistory(learn)
+        if learn.pretrained_encoder:
+            schedule = "book: gradual unfreezing, fit_one_cycle 1/1/1/2 epochs with discriminative learning rates"
+            reason = "the encoder starts from WikiText-103 weights"
+            click.echo(f"schedule: {schedule} ({reason})")
+            history.fit("head", lambda: learn.fit_one_cycle(1, 2e-2))
+            learn.freeze_to(-2)
+            history.fit("last two", lambda: learn.fit_one_cycle(1, slice(1e-2 / 2.6**4, 1e-2)))
+            learn.freeze_to(-3)
+            history.fit("last three", lambda: learn.fit_one_cycle(1, slice(5e-3 / 2.6**4, 5e-3)))
+            learn.unfreeze()
+            history.fit("all", lambda: learn.fit_one_cycle(2, slice(1e-3 / 2.6**4, 1e-3)))
+            return history.summary(schedule, reason)
+        epochs, lr = options["epochs"] or self.scratch_epochs, options["lr"] or self.scratch_lr
+        schedule = f"from scratch ({learn.model_size} AWD_LSTM): fit_one_cycle({epochs}, {lr:g}), best epoch kept"
+        reason = "no WikiText-103 weights; a small model overfits after a few epochs, so the best validation accuracy is kept"
+        click.echo(f"schedule: {schedule} ({reason})")
+        saved, learn.path = learn.path, Path(tempfile.mkdtemp(prefix="text-best-"))
+        try:
+            learn.unfreeze()
+            history.fit("all layers", lambda: learn.fit_one_cycle(epochs, lr, cbs=SaveModelCallback(monitor="accuracy", fname="best")))
+        finally:
+            shutil.rmtree(learn.path, ignore_errors=True)
+            learn.path = saved
+        summary = history.summary(schedule, reason)
+        best = max(summary.epochs, key=lambda row: row["accuracy"])
+        summary.final_metrics = {k: v for k, v in best.items() if k not in ("stage", "epoch")} | {"best_epoch": best["epoch"]}
+        return summary
+
+    # ----- export -----------------------------------------------------------------------------
+    def encoder_settings(self, learn) -> tuple[int, int]:
+        encoder = learn.model[0]
+        return encoder.bptt, encoder.max_len
+
+    def exportable_module(self, learn):
+        from pipelines.tasks.text_model import ExportableTextClassifier
+
+        return ExportableTextClassifier(learn.model.eval().cpu(), *self.encoder_settings(learn)).eval()
+
+    def example_inputs(self, learn):
+        import torch
+
+        return torch.randint(2, 50, (2, 90)), torch.tensor([90, 40])
+
+    def fastai_ids(self, dls, text: str) -> list[int]:
+        return dls.test_dl([text], bs=1).one_batch()[0][0].tolist()
+
+    def fastai_logits(self, learn, ids: list[int]) -> np.ndarray:
+        """fastai's own model on one text, as `learn.predict` runs it (no padding)."""
+        import torch
+
+        with torch.no_grad():
+            logits = learn.model.eval().cpu()(torch.tensor([ids]))[0]  # the model returns (logits, raw, out)
+        return logits[0].numpy()
+
+    def parity_cases(self, learn, data: PreparedData) -> list[ParityCase]:
+        texts = list(data.details["raw_valid"][data.details["text_col"]].astype(str))
+        labels = list(learn.dls.vocab[1])
+        targets = [labels.index(str(v)) for v in data.details["raw_valid"][data.details["label_col"]]]
+        ids = [self.fastai_ids(learn.dls, text) for text in texts]
+        bptt, max_len = self.encoder_settings(learn)
+        pad = learn.dls.vocab[0].index("xxpad")
+        long_text = " ".join(texts)
+        while len(self.fastai_ids(learn.dls, long_text)) <= max_len + bptt:
+            long_text += " " + long_text
+        by_length = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        singles = {
+            "short text (< 72 tokens)": ids[by_length[0]][:40],
+            "exactly 72 tokens": (ids[by_length[-1]] * 2)[:72],
+            "long text (> 72 tokens)": (ids[by_length[-1]] * 4)[:250],
+            f"longer than max_len ({max_len})": self.fastai_ids(learn.dls, long_text),
+        }
+        cases = []
+        for name, single in singles.items():
+            tokens, lengths = batch_ids([single], pad)
+            cases.append(ParityCase(name, {"tokens": tokens, "lengths": lengths}, None, f"{len(single)} tokens",
+                                    expected=self.fastai_logits(learn, single)[None]))
+        mixed = [ids[i] for i in by_length[:: max(1, len(by_length) // 7)][:7]]
+        for name, group, group_targets in (
+            ("mixed lengths, batch of 7", mixed, None),
+            (f"validation set ({len(ids)})", ids, np.array(targets)),
+        ):
+            tokens, lengths = batch_ids(group, pad)
+            expected = np.stack([self.fastai_logits(learn, one) for one in group])
+            cases.append(ParityCase(name, {"tokens": tokens, "lengths": lengths}, group_targets,
+                                    f"right-padded to {tokens.shape[1]} tokens", expected=expected))
+        return cases
+
+    def labels(self, learn) -> list[str]:
+        return [str(v) for v in learn.dls.vocab[1]]
+
+    def preprocessing(self, learn) -> TextPreprocessing:
+        from fastai.text.all import Tokenizer
+
+        tokenizer = next(t for t in learn.dls.train_ds.tls[0].tfms.fs if isinstance(t, Tokenizer))
+        bptt, max_len = self.encoder_settings(learn)
+        vocab = list(learn.dls.vocab[0])
+        return TextPreprocessing(rules=[rule.__name__ for rule in tokenizer.rules], vocab=vocab,
+                                 pad_index=vocab.index("xxpad"), bptt=bptt, max_len=max_len)
+
+    def check_preprocessing(self, learn, data: PreparedData) -> PreprocessingCheck:
+        spec = self.preprocessing(learn)
+        numericalize = Numericalizer(spec)
+        corpus = TOKENIZER_PROBES + list(data.details["raw_valid"][data.details["text_col"]].astype(str))[:200]
+        details, mismatches = [], 0
+        for text in corpus:
+            served, expected = numericalize(tokenize(text, spec)), self.fastai_ids(learn.dls, text)
+            if served != expected:
+                mismatches += 1
+                details.append({"text": text[:80], "served": served[:20], "fastai": expected[:20]})
+        return PreprocessingCheck(compared=len(corpus), max_abs_error=float(mismatches), passed=mismatches == 0,
+                                  details=details or [{"texts": len(corpus), "identical token ids": len(corpus)}])

@@ -1,0 +1,80 @@
+"""Text service: a text (or a batch of texts) in, the class and its probabilities out.
+
+Each text gets what fastai's `learn.predict` gives it alone, whatever else is in the batch. Empty
+texts and texts over `TEXT_MAX_CHARS` characters are a 400 naming the text; a body that is not valid
+UTF-8 JSON is a 400 from BentoML's own validation.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import bentoml
+from bentoml.exceptions import InvalidArgument
+from pydantic import BaseModel, Field
+
+from services.loading import ServedModel, model_tag, softmax
+from services.text_preprocessing import Numericalizer, batch_ids, tokenize
+
+TASK = "text"
+MAX_CHARS = int(os.environ.get("TEXT_MAX_CHARS", "100000"))
+MAX_TEXTS = int(os.environ.get("TEXT_MAX_BATCH", "64"))
+
+
+class TextPrediction(BaseModel):
+    label: str
+    probabilities: dict[str, float]
+    tokens: int = Field(description="how many tokens the model read")
+
+
+class TextResponse(BaseModel):
+    predictions: list[TextPrediction]
+    model: str
+    provider: str
+
+
+@bentoml.service(name="text", traffic={"timeout": 120})
+class TextService:
+    model_ref = bentoml.models.BentoModel(model_tag(TASK))
+
+    def __init__(self) -> None:
+        stored = self.model_ref
+        self.model = ServedModel.load(str(stored.tag), Path(stored.path), TASK)
+        self.spec = self.model.manifest.preprocessing
+        self.numericalize = Numericalizer(self.spec)
+        tokenize("warm up the tokenizer", self.spec)
+
+    def predict_texts(self, texts: list[str]) -> TextResponse:
+        for index, text in enumerate(texts):
+            where = f"texts[{index}]" if len(texts) > 1 else "text"
+            if not text.strip():
+                raise InvalidArgument(f"{where}: the text is empty")
+            if len(text) > MAX_CHARS:
+                raise InvalidArgument(f"{where}: the text has {len(text):,} characters, more than {MAX_CHARS:,}")
+        ids = [self.numericalize(tokenize(text, self.spec)) for text in texts]
+        tokens, lengths = batch_ids(ids, self.spec.pad_index)
+        probabilities = softmax(self.model.run({"tokens": tokens, "lengths": lengths}))
+        labels = self.model.manifest.labels
+        predictions = [
+            TextPrediction(label=labels[int(row.argmax())], probabilities={l: float(p) for l, p in zip(labels, row)},
+                           tokens=len(one))
+            for row, one in zip(probabilities, ids)
+        ]
+        return TextResponse(predictions=predictions, model=self.model.tag, provider=self.model.provider)
+
+    @bentoml.api
+    def classify(self, text: str) -> TextResponse:
+        """Classify one text."""
+        return self.predict_texts([text])
+
+    @bentoml.api
+    def classify_batch(self, texts: Annotated[list[str], Field(min_length=1, max_length=MAX_TEXTS)]) -> TextResponse:
+        """Classify several texts at once; each gets the same answer it would get alone."""
+        return self.predict_texts(texts)
+
+    @bentoml.api
+    def model_info(self) -> dict:
+        """The model version, the ONNX Runtime provider in use, labels, vocabulary size and metrics."""
+        return {**self.model.info(), "vocab_size": len(self.spec.vocab), "max_len": self.spec.max_len}
