@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from pipelines.errors import PipelineError
@@ -18,6 +19,20 @@ def cache_dir() -> Path:
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextmanager
+def written_once(folder: Path, prefix: str):
+    """Yield a staging folder to fill; it becomes `folder` only when complete, so an interrupted run
+    leaves no half-written dataset behind (and a concurrent writer that finished first wins)."""
+    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=cache_dir()))
+    try:
+        yield staging
+        staging.rename(folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not folder.is_dir():
+            raise
 
 
 def digits_image_folder(size: int = 32) -> Path:
@@ -35,17 +50,11 @@ def digits_image_folder(size: int = 32) -> Path:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    staging = Path(tempfile.mkdtemp(prefix="digits-", dir=cache_dir()))
-    try:
+    with written_once(folder, "digits-") as staging:
         for n, (pixels, target) in enumerate(zip(digits.images, digits.target)):
             grey = (pixels / 16.0 * 255.0).round().clip(0, 255).astype(np.uint8)
             image = Image.fromarray(grey, mode="L").resize((size, size), Image.BICUBIC).convert("RGB")
             image.save(staging / f"{DIGIT_NAMES[target]}_{n}.jpg", quality=95)
-        staging.rename(folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not folder.is_dir():
-            raise
     return folder
 
 
@@ -83,8 +92,7 @@ def digit_scenes_folder(count: int = 400, height: int = 64, width: int = 96, see
 
     digits = load_digits()
     rng = np.random.default_rng(seed)
-    staging = Path(tempfile.mkdtemp(prefix="scenes-", dir=cache_dir()))
-    try:
+    with written_once(folder, "scenes-") as staging:
         (staging / "images").mkdir()
         (staging / "labels").mkdir()
         (staging / "codes.txt").write_text("\n".join(["background", *DIGIT_NAMES]) + "\n")
@@ -104,9 +112,4 @@ def digit_scenes_folder(count: int = 400, height: int = 64, width: int = 96, see
                 label[top:top + side, left:left + side][intensity > 0.45] = digits.target[index] + 1
             Image.fromarray(canvas.round().astype(np.uint8)).save(staging / "images" / f"scene_{n}.png")
             Image.fromarray(label).save(staging / "labels" / f"scene_{n}_P.png")
-        staging.rename(folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not folder.is_dir():
-            raise
     return folder

@@ -36,10 +36,14 @@ def test_bentoml_build_pins_model_and_excludes_torch(siamese_run):
         assert yaml.safe_load(handle)["service"] == "services.siamese:SiameseService"
 
 
-def test_tabular_bento_pins_the_tabular_model(tabular_run):
-    _, result = tabular_run
-    bento = build("bentofile.tabular.yaml")
+@pytest.mark.parametrize("task, service", [("tabular", "TabularService"), ("unet", "UnetService"), ("text", "TextService")])
+def test_task_bento_pins_its_model_without_torch(task, service, request):
+    _, result = request.getfixturevalue(f"{task}_run")
+    bento = build(f"bentofile.{task}.yaml")
     assert [str(model.tag) for model in bento.info.all_models] == [result.tag]
     with open(bento.path_of("env/python/requirements.txt")) as handle:
         packages = handle.read().lower()
+    assert "onnxruntime" in packages
     assert "torch" not in packages and "fastai" not in packages and "pandas" not in packages
+    with open(bento.path_of("bento.yaml")) as handle:
+        assert yaml.safe_load(handle)["service"] == f"services.{task}:{service}"

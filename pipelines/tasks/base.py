@@ -25,6 +25,12 @@ class PreparedData:
         return {k: v for k, v in self.details.items() if isinstance(v, (str, int, float, bool))}
 
 
+def valid_data_option() -> click.Option:
+    """`--valid-data`: a separate validation file, for the tasks that read tables."""
+    return click.Option(["--valid-data"], type=click.Path(path_type=Path), default=None,
+                        help="A second file with the same columns used as the validation set [default: a random 20%].")
+
+
 class Task(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]

@@ -15,7 +15,7 @@ import numpy as np
 from export.config import OnnxConfig, ParityTolerance, TensorConfig
 from export.parity import ParityCase, PreprocessingCheck
 from export.report import TrainingSummary
-from pipelines.data import DIGIT_NAMES, digits_image_folder, download_book_dataset, image_files
+from pipelines.data import digits_image_folder, download_book_dataset, image_files
 from pipelines.errors import PipelineError
 from pipelines.tasks.base import PreparedData, Task
 from pipelines.training import TrainingHistory

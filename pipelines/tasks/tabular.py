@@ -12,7 +12,7 @@ from export.parity import ParityCase, PreprocessingCheck
 from export.report import TrainingSummary
 from pipelines.data import download_book_dataset
 from pipelines.errors import PipelineError
-from pipelines.tasks.base import PreparedData, Task
+from pipelines.tasks.base import PreparedData, Task, valid_data_option
 from pipelines.training import TrainingHistory
 from services.manifest import TabularPreprocessing
 from services.tabular_preprocessing import encode_records
@@ -77,9 +77,7 @@ class TabularTask(Task):
             click.Option(["--data"], default="penguins", show_default=True,
                          help="'penguins' (embedded, offline: palmerpenguins' 344 penguins), 'adult_sample' "
                               "(fastai's ADULT_SAMPLE via untar_data), or a CSV/TSV/Parquet file."),
-            click.Option(["--valid-data"], type=click.Path(path_type=Path), default=None,
-                         help="A second file of the same columns used as the validation set "
-                              "[default: a random 20% of --data]."),
+            valid_data_option(),
             click.Option(["--target"], default=None,
                          help="Target column [default: species for penguins, salary for adult, else the last column]."),
             click.Option(["--cat-names"], default=None, help="Comma-separated categorical columns [default: inferred]."),
@@ -139,7 +137,7 @@ class TabularTask(Task):
         else:
             df[target] = df[target].astype(str)
         if valid_idx is None:
-            valid_idx = list(RandomSplitter(valid_pct=0.2, seed=options["seed"])(range_of(df))[1])
+            valid_idx = list(RandomSplitter(valid_pct=0.2, seed=options["seed"])(list(range(len(df))))[1])
         dls = TabularDataLoaders.from_df(
             # copies: fastai appends its `_na` indicator columns to the lists it is given
             df, procs=[Categorify, FillMissing, Normalize], cat_names=list(cat_names), cont_names=list(cont_names),
@@ -278,7 +276,3 @@ def frame_to_records(frame) -> list[dict]:
 
     return [{k: (None if (not isinstance(v, str) and pd.isna(v)) else _plain(v)) for k, v in row.items()}
             for row in frame.to_dict(orient="records")]
-
-
-def range_of(df):
-    return list(range(len(df)))

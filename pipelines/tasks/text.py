@@ -14,7 +14,7 @@ from export.parity import ParityCase, PreprocessingCheck
 from export.report import TrainingSummary
 from pipelines.data import download_book_dataset
 from pipelines.errors import PipelineError
-from pipelines.tasks.base import PreparedData, Task
+from pipelines.tasks.base import PreparedData, Task, valid_data_option
 from pipelines.tasks.tabular import read_table
 from pipelines.training import TrainingHistory
 from services.manifest import TextPreprocessing
@@ -67,8 +67,7 @@ class TextTask(Task):
             click.Option(["--data"], default="imdb_sample", show_default=True,
                          help="'imdb_sample' or 'imdb' (fastai's untar_data, as the book), or a CSV/TSV/Parquet "
                               "file with a text and a label column."),
-            click.Option(["--valid-data"], type=click.Path(path_type=Path), default=None,
-                         help="A second file with the same columns used as the validation set [default: random 20%]."),
+            valid_data_option(),
             click.Option(["--text-col"], default=None, help="Text column [default: the one with the longest strings]."),
             click.Option(["--label-col"], default=None, help="Label column [default: the other column with fewest values]."),
             click.Option(["--pretrained"], type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True,
@@ -176,6 +175,21 @@ class TextTask(Task):
         best = max(summary.epochs, key=lambda row: row["accuracy"])
         summary.final_metrics = {k: v for k, v in best.items() if k not in ("stage", "epoch")} | {"best_epoch": best["epoch"]}
         return summary
+
+    def model_from_artifact(self, folder: Path):
+        """fastai's classifier again, from an artifact folder's manifest and weights (benchmarks, notebooks)."""
+        import torch
+        from fastai.text.all import AWD_LSTM, get_text_classifier
+
+        from services.manifest import Manifest
+
+        manifest = Manifest.read(folder)
+        size = manifest.provenance["options"]["model_size"]
+        model = get_text_classifier(AWD_LSTM, len(manifest.preprocessing.vocab), len(manifest.labels),
+                                    config=dict(MODEL_SIZES[size]) if size != "book" else None)
+        weights = Path(manifest.provenance.get("artifact_dir", folder)) / "fastai_weights.pth"
+        model.load_state_dict(torch.load(weights, map_location="cpu"))
+        return model.eval()
 
     # ----- export -----------------------------------------------------------------------------
     def encoder_settings(self, learn) -> tuple[int, int]:
