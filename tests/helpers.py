@@ -96,7 +96,7 @@ TINY_UNET_OPTIONS = dict(
 
 TINY_TEXT_OPTIONS = dict(
     valid_data=None, text_col="text", label_col="label", pretrained="no", model_size="small", drop_mult=None,
-    epochs=1, lr=5e-3, batch_size=32, seed=42, register=True,
+    lm_epochs=0, epochs=1, lr=5e-3, batch_size=32, seed=42, register=True,
 )
 
 

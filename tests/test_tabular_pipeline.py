@@ -149,3 +149,23 @@ def test_adult_sample_beats_majority_class(tmp_path):
     assert accuracy["pytorch"] > majority + 0.04
     assert accuracy["onnx"] == accuracy["pytorch"]
     assert result.parity.passed
+
+
+def test_failed_parity_registers_nothing_and_latest_stays(tabular_run, tmp_path):
+    """A real run whose tolerance nothing can meet: typed error, artifact kept for inspection, store untouched."""
+    import dataclasses
+
+    import bentoml
+
+    from export.errors import ToleranceExceededError
+    from pipelines.registry import get_task
+
+    task = get_task("tabular")
+    strict = dataclasses.replace(task.onnx_config.tolerance, logits_atol=0.0, logits_rtol=0.0)
+    task.onnx_config = dataclasses.replace(task.onnx_config, tolerance=strict)
+    latest, count = bentoml.models.get("tabular:latest").tag, len(bentoml.models.list("tabular"))
+    with pytest.raises(ToleranceExceededError):
+        train_and_export(task, dict(TINY_TABULAR_OPTIONS, output=tmp_path / "strict"))
+    assert bentoml.models.get("tabular:latest").tag == latest
+    assert len(bentoml.models.list("tabular")) == count
+    assert json.loads((tmp_path / "strict" / "parity.json").read_text())["passed"] is False

@@ -137,3 +137,16 @@ def test_no_network_and_no_file_says_how_to_pass_a_file(tmp_path):
                         env={"HTTPS_PROXY": closed, "HTTP_PROXY": closed, "https_proxy": closed, "http_proxy": closed,
                              "FASTAI_HOME": str(tmp_path / "fastai_home")})
     assert_clean_failure(completed, "could not download IMDB_SAMPLE", "--data FILE.csv")
+
+
+def test_ulmfit_language_model_stage_feeds_the_classifier(tmp_path):
+    from pipelines.registry import get_task
+    from pipelines.run import train_and_export
+    from tests.helpers import TINY_TEXT_OPTIONS
+
+    path = tmp_path / "reviews.csv"
+    synthetic_reviews(160, seed=3).to_csv(path, index=False)
+    result = train_and_export(get_task("text"), dict(TINY_TEXT_OPTIONS, data=str(path), lm_epochs=1, register=False,
+                                                     output=tmp_path / "ulmfit"))
+    assert result.parity.passed, result.parity.failures()
+    assert result.manifest.provenance["schedule"].startswith("language model fine-tuned 1 epochs")

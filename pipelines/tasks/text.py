@@ -76,6 +76,9 @@ class TextTask(Task):
                          help="AWD_LSTM size: 'book' (emb 400, hidden 1152, 3 layers; needed for pretrained weights) or "
                               "'small' (emb 128, hidden 256, 2 layers); 'auto' picks book when pretrained, else small."),
             click.Option(["--drop-mult"], type=float, default=None, help="Dropout multiplier [default: 0.5 pretrained, 0.3 small]."),
+            click.Option(["--lm-epochs"], type=click.IntRange(0), default=0, show_default=True,
+                         help="ULMFiT: first fine-tune a language model on the texts for this many epochs, then "
+                              "start the classifier from its encoder (save_encoder / load_encoder, as the book)."),
         ]
 
     # ----- data -------------------------------------------------------------------------------
@@ -111,13 +114,20 @@ class TextTask(Task):
         if df[label_col].nunique() < 2:
             raise PipelineError(f"{source}: the label column {label_col!r} has fewer than 2 classes")
         valid_kwargs = {"valid_col": "is_valid"} if "is_valid" in df.columns else {"valid_pct": 0.2}
+        dls_lm = None
+        if options.get("lm_epochs"):
+            # The language model reads every text (labels unused); the classifier then shares its vocabulary.
+            dls_lm = TextDataLoaders.from_df(df, text_col=text_col, is_lm=True, valid_pct=0.1, seed=options["seed"],
+                                             bs=options["batch_size"], seq_len=72)
         dls = TextDataLoaders.from_df(df, text_col=text_col, label_col=label_col, seed=options["seed"],
-                                      bs=options["batch_size"], seq_len=72, **valid_kwargs)
+                                      bs=options["batch_size"], seq_len=72,
+                                      text_vocab=dls_lm.vocab if dls_lm is not None else None, **valid_kwargs)
         valid_frame = dls.valid_ds.items
         raw_valid = df.loc[valid_frame.index] if hasattr(valid_frame, "index") else None
         return PreparedData(dls=dls, source=source, details={
             "texts": len(df), "train_texts": len(dls.train_ds), "valid_texts": len(dls.valid_ds),
             "text_col": text_col, "label_col": label_col, "vocab": len(dls.vocab[0]), "raw_valid": raw_valid,
+            "dls_lm": dls_lm,
         })
 
     # ----- model and training -----------------------------------------------------------------
@@ -131,6 +141,7 @@ class TextTask(Task):
                 learn = text_classifier_learner(data.dls, AWD_LSTM, drop_mult=options["drop_mult"] or 0.5,
                                                 pretrained=True, metrics=accuracy)
                 learn.pretrained_encoder, learn.pretrained_note, learn.model_size = True, "WikiText-103 weights", "book"
+                learn.dls_lm = data.details["dls_lm"]
                 return learn
             except Exception as error:
                 if options["pretrained"] == "yes":
@@ -141,15 +152,41 @@ class TextTask(Task):
         learn = text_classifier_learner(data.dls, AWD_LSTM, drop_mult=options["drop_mult"] or 0.3, pretrained=False,
                                         config=dict(MODEL_SIZES[size]), metrics=accuracy)
         learn.pretrained_encoder, learn.pretrained_note, learn.model_size = False, "trained from scratch", size
+        learn.dls_lm = data.details["dls_lm"]
         options["model_size"] = size
         return learn
+
+    def fine_tune_language_model(self, learn, options: dict) -> str:
+        """ULMFiT's middle step: a language model on these texts, whose encoder the classifier starts from."""
+        from fastai.text.all import AWD_LSTM, Perplexity, accuracy, awd_lstm_lm_config, language_model_learner
+
+        # unlike the classifier's, the language model's config replaces fastai's defaults: merge them
+        config = None if learn.model_size == "book" else {**awd_lstm_lm_config, **MODEL_SIZES[learn.model_size]}
+        learn_lm = language_model_learner(learn.dls_lm, AWD_LSTM, drop_mult=options["drop_mult"] or 0.3,
+                                          pretrained=learn.pretrained_encoder, config=config,
+                                          metrics=[accuracy, Perplexity()])
+        epochs = options["lm_epochs"]
+        click.echo(f"language model: fit_one_cycle({epochs}, 2e-2) on {len(learn.dls_lm.train_ds)} texts")
+        scratch = Path(tempfile.mkdtemp(prefix="text-lm-"))
+        try:
+            learn_lm.path = learn.path = scratch
+            learn_lm.fit_one_cycle(epochs, 2e-2)
+            learn_lm.save_encoder("finetuned")
+            learn.load_encoder("finetuned")
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        accuracy_lm, perplexity = (float(v) for v in learn_lm.recorder.values[-1][2:4])
+        return f"language model fine-tuned {epochs} epochs (next-token accuracy {accuracy_lm:.3f}, perplexity {perplexity:.1f}), then "
 
     def train(self, learn, options: dict) -> TrainingSummary:
         from fastai.callback.tracker import SaveModelCallback
 
         history = TrainingHistory(learn)
+        saved_path = learn.path
+        prefix = self.fine_tune_language_model(learn, options) if learn.dls_lm is not None else ""
+        learn.path = saved_path
         if learn.pretrained_encoder:
-            schedule = "book: gradual unfreezing, fit_one_cycle 1/1/1/2 epochs with discriminative learning rates"
+            schedule = prefix + "book: gradual unfreezing, fit_one_cycle 1/1/1/2 epochs with discriminative learning rates"
             reason = "the encoder starts from WikiText-103 weights"
             click.echo(f"schedule: {schedule} ({reason})")
             history.fit("head", lambda: learn.fit_one_cycle(1, 2e-2))
@@ -161,7 +198,7 @@ class TextTask(Task):
             history.fit("all", lambda: learn.fit_one_cycle(2, slice(1e-3 / 2.6**4, 1e-3)))
             return history.summary(schedule, reason)
         epochs, lr = options["epochs"] or self.scratch_epochs, options["lr"] or self.scratch_lr
-        schedule = f"from scratch ({learn.model_size} AWD_LSTM): fit_one_cycle({epochs}, {lr:g}), best epoch kept"
+        schedule = prefix + f"from scratch ({learn.model_size} AWD_LSTM): fit_one_cycle({epochs}, {lr:g}), best epoch kept"
         reason = "no WikiText-103 weights; a small model overfits after a few epochs, so the best validation accuracy is kept"
         click.echo(f"schedule: {schedule} ({reason})")
         saved, learn.path = learn.path, Path(tempfile.mkdtemp(prefix="text-best-"))
