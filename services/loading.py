@@ -11,9 +11,19 @@ import numpy as np
 import onnxruntime as ort
 
 from services.manifest import MODEL_FILE, Manifest
-from services.runtime import configured_provider, configured_threads, create_session
+from services.runtime import configured_provider, configured_threads, create_session, providers_for
 
 logger = logging.getLogger("bentoml.service")
+
+
+def check_provider_configuration() -> None:
+    """Fail at import, in `bentoml serve`'s own process, when the configured provider cannot exist here.
+
+    A worker that fails later is restarted by BentoML again and again; failing at import makes the
+    server exit with the message instead. (Whether CUDA then really runs is checked per session.)
+    """
+    configured_threads()
+    providers_for(configured_provider())
 
 
 def model_tag(task: str) -> str:

@@ -9,9 +9,10 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from services.images import image_to_tensor, read_upload
-from services.loading import ServedModel, model_tag, softmax
+from services.loading import ServedModel, check_provider_configuration, model_tag, softmax
 
 TASK = "siamese"
+check_provider_configuration()
 
 
 class SiamesePrediction(BaseModel):

@@ -14,11 +14,12 @@ import numpy as np
 from bentoml.exceptions import InvalidArgument
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, create_model
 
-from services.loading import ServedModel, model_tag, softmax
+from services.loading import ServedModel, check_provider_configuration, model_tag, softmax
 from services.manifest import Manifest, TabularPreprocessing
 from services.tabular_preprocessing import RecordError, encode_records
 
 TASK = "tabular"
+check_provider_configuration()
 MAX_RECORDS = int(os.environ.get("TABULAR_MAX_RECORDS", "4096"))
 MODEL = bentoml.models.BentoModel(model_tag(TASK))
 # Strict: JSON numbers (integers too), never strings that look like numbers.

@@ -15,10 +15,11 @@ import bentoml
 from bentoml.exceptions import InvalidArgument
 from pydantic import BaseModel, Field
 
-from services.loading import ServedModel, model_tag, softmax
+from services.loading import ServedModel, check_provider_configuration, model_tag, softmax
 from services.text_preprocessing import Numericalizer, batch_ids, tokenize
 
 TASK = "text"
+check_provider_configuration()
 MAX_CHARS = int(os.environ.get("TEXT_MAX_CHARS", "100000"))
 MAX_TEXTS = int(os.environ.get("TEXT_MAX_BATCH", "64"))
 

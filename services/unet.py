@@ -13,9 +13,10 @@ from PIL import Image
 from pydantic import BaseModel
 
 from services.images import image_to_tensor, read_upload
-from services.loading import ServedModel, model_tag
+from services.loading import ServedModel, check_provider_configuration, model_tag
 
 TASK = "unet"
+check_provider_configuration()
 
 
 class ClassCoverage(BaseModel):

@@ -101,3 +101,28 @@ def test_readyz_and_metrics(server):
     metrics = requests.get(f"{server}/metrics", timeout=10)
     assert metrics.status_code == 200
     assert "bentoml_service_request" in metrics.text
+
+
+@pytest.mark.parametrize(
+    "provider, message",
+    [
+        ("cuda", "CUDA was requested but this onnxruntime has no CUDAExecutionProvider"),
+        ("gpu", "PIPELINES_PROVIDER='gpu' is not one of cpu, cuda, auto"),
+    ],
+)
+def test_unusable_provider_refuses_to_start_with_a_clear_message(siamese_run, provider, message):
+    import os
+    import subprocess
+
+    import onnxruntime
+
+    from tests.helpers import BENTOML, REPO, free_port
+
+    if provider == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine has a CUDA provider")
+    completed = subprocess.run(
+        [BENTOML, "serve", "services.siamese:SiameseService", "--host", "127.0.0.1", "--port", str(free_port())],
+        cwd=REPO, env={**os.environ, "PIPELINES_PROVIDER": provider}, capture_output=True, text=True, timeout=120,
+    )
+    assert completed.returncode != 0
+    assert message in completed.stdout + completed.stderr
