@@ -8,19 +8,16 @@ Without --artifact it benchmarks the model that siamese:latest resolves to in th
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import model_arguments
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--artifact", type=Path, help="artifact folder of a train-and-export run")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=30)
-    args = parser.parse_args()
+    args = model_arguments(__doc__.splitlines()[0], "siamese")
 
     import bentoml
     import torch
@@ -32,7 +29,7 @@ def main() -> None:
     from services.runtime import create_session
     from tests.helpers import bentoml_server
 
-    folder = args.artifact or Path(bentoml.models.get("siamese:latest").path)
+    folder = args.artifact
     manifest = Manifest.read(folder)
     task = get_task("siamese")
     torch.set_num_threads(args.threads)
@@ -63,8 +60,7 @@ def main() -> None:
         with Image.open(first) as image:
             rows.append(row("preprocessing one image (numpy+Pillow)", 1,
                             timed(lambda: image_to_tensor(image, manifest.preprocessing), args.repeats), "images/s"))
-        env = {"PIPELINES_PROVIDER": "cpu", "PIPELINES_THREADS": str(args.threads),
-               "SIAMESE_MODEL_TAG": f"siamese:{bentoml.models.get('siamese:latest').tag.version}" if not args.artifact else "siamese:latest"}
+        env = {"PIPELINES_PROVIDER": "cpu", "PIPELINES_THREADS": str(args.threads)}  # HTTP serves siamese:latest
         with bentoml_server("services.siamese:SiameseService", env=env, log_path=Path(scratch) / "serve.log") as url:
             client = bentoml.SyncHTTPClient(url)
             rows.append(row("HTTP /predict (bentoml serve, multipart)", 1,

@@ -6,21 +6,17 @@ batch 1 / 100 tokens and batch 16 / 200 tokens (same thread count), plus tokenis
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import model_arguments
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--artifact", type=Path, help="artifact folder of a train-and-export run [default: text:latest]")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=20)
-    args = parser.parse_args()
+    args = model_arguments(__doc__.splitlines()[0], "text")
 
-    import bentoml
     import requests
     import torch
 
@@ -31,7 +27,7 @@ def main() -> None:
     from services.text_preprocessing import Numericalizer, tokenize
     from tests.helpers import bentoml_server
 
-    folder = args.artifact or Path(bentoml.models.get("text:latest").path)
+    folder = args.artifact
     manifest = Manifest.read(folder)
     spec = manifest.preprocessing
     torch.set_num_threads(args.threads)

@@ -6,21 +6,17 @@ sizes (same thread count), and HTTP /segment of a real `bentoml serve`. Prints o
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import model_arguments
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--artifact", type=Path, help="artifact folder of a train-and-export run [default: unet:latest]")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=20)
-    args = parser.parse_args()
+    args = model_arguments(__doc__.splitlines()[0], "unet")
 
-    import bentoml
     import requests
     import torch
     from PIL import Image
@@ -31,7 +27,7 @@ def main() -> None:
     from services.runtime import create_session
     from tests.helpers import bentoml_server, image_bytes
 
-    folder = args.artifact or Path(bentoml.models.get("unet:latest").path)
+    folder = args.artifact
     manifest = Manifest.read(folder)
     torch.set_num_threads(args.threads)
     model = get_task("unet").model_from_artifact(folder)
@@ -49,9 +45,7 @@ def main() -> None:
         rows.append(row(f"ONNX Runtime CPU {height}x{width}", 1,
                         timed(lambda: session.run(None, {"image": image}), args.repeats), "images/s"))
     with tempfile.TemporaryDirectory() as scratch:
-        env = {"PIPELINES_PROVIDER": "cpu", "PIPELINES_THREADS": str(args.threads)}
-        if args.artifact is None:
-            env["UNET_MODEL_TAG"] = str(bentoml.models.get("unet:latest").tag)
+        env = {"PIPELINES_PROVIDER": "cpu", "PIPELINES_THREADS": str(args.threads)}  # HTTP serves unet:latest
         upload = image_bytes(Image.fromarray(np.random.default_rng(1).integers(0, 255, (100, 150, 3), np.uint8)), "PNG")
         with bentoml_server("services.unet:UnetService", env=env, log_path=Path(scratch) / "serve.log") as url:
             with requests.Session() as http:

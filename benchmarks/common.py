@@ -33,3 +33,21 @@ def print_table(title: str, rows: list[dict]) -> None:
     print("|" + "---|" * len(headers))
     for entry in rows:
         print("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in entry.values()) + " |")
+
+
+def model_arguments(description: str, task: str):
+    """The options every model benchmark takes, and the artifact folder to measure: --artifact, else the
+    registered `<task>:latest` (whose manifest points at the run's folder for the fastai weights)."""
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--artifact", type=Path, help=f"artifact folder of a train-and-export run [default: {task}:latest]")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    if args.artifact is None:
+        import bentoml
+
+        args.artifact = Path(bentoml.models.get(f"{task}:latest").path)
+    return args

@@ -39,6 +39,11 @@ class ServedModel:
     provider: str
 
     @classmethod
+    def from_store(cls, stored, expected_task: str) -> "ServedModel":
+        """From a BentoML stored model (what a service's `bentoml.models.BentoModel` attribute resolves to)."""
+        return cls.load(str(stored.tag), Path(stored.path), expected_task)
+
+    @classmethod
     def load(cls, tag: str, folder: Path, expected_task: str) -> "ServedModel":
         manifest = Manifest.read(folder)
         if manifest.task != expected_task:

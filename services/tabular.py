@@ -77,8 +77,7 @@ class TabularService:
     model_ref = MODEL
 
     def __init__(self) -> None:
-        stored = self.model_ref
-        self.model = ServedModel.load(str(stored.tag), stored.path, TASK)
+        self.model = ServedModel.from_store(self.model_ref, TASK)
         self.spec: TabularPreprocessing = self.model.manifest.preprocessing
 
     @bentoml.api

@@ -8,7 +8,6 @@ UTF-8 JSON is a 400 from BentoML's own validation.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Annotated
 
 import bentoml
@@ -41,8 +40,7 @@ class TextService:
     model_ref = bentoml.models.BentoModel(model_tag(TASK))
 
     def __init__(self) -> None:
-        stored = self.model_ref
-        self.model = ServedModel.load(str(stored.tag), Path(stored.path), TASK)
+        self.model = ServedModel.from_store(self.model_ref, TASK)
         self.spec = self.model.manifest.preprocessing
         self.numericalize = Numericalizer(self.spec)
         tokenize("warm up the tokenizer", self.spec)

@@ -47,8 +47,7 @@ class UnetService:
     model_ref = bentoml.models.BentoModel(model_tag(TASK))
 
     def __init__(self) -> None:
-        stored = self.model_ref
-        self.model = ServedModel.load(str(stored.tag), Path(stored.path), TASK)
+        self.model = ServedModel.from_store(self.model_ref, TASK)
         self.spec = self.model.manifest.preprocessing
         self.colours = palette(len(self.model.manifest.labels))
 
