@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The project's GPU check: the main job (fastai training on the GPU, ONNX export, parity proof) and the
-# execution-provider guard, on a machine with an NVIDIA GPU. Run from the repository root:
-#     OUT=/some/folder bash benchmarks/gpu_check.sh [extra train-and-export options]
+# The project's GPU check: each task's train-and-export (fastai training on the GPU, ONNX export, parity
+# proof) and the execution-provider guard, on a machine with an NVIDIA GPU. Run from the repository root:
+#     OUT=/some/folder TASKS="siamese tabular unet" bash benchmarks/gpu_check.sh [extra train-and-export options]
 # Wheels in .whl/ (fastai and friends, for a machine that has torch but no fastai) are installed first.
 set -uo pipefail
 OUT=${OUT:-$(mktemp -d)}
@@ -15,14 +15,18 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "nvidia-smi: not available"
 python3 -c "import torch, onnxruntime as ort; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '-'); print('onnxruntime', ort.__version__, ort.get_available_providers())"
 
-echo "== 1. pipelines train-and-export siamese (fastai on $(python3 -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")'))"
-started=$(date +%s)
-python3 -m pipelines.cli train-and-export siamese --no-register --output "$OUT/siamese" "$@" 2>&1 \
-  | tr '\r' '\n' | grep -vE "^Epoch [0-9]+/[0-9]+ :" ; status=${PIPESTATUS[0]}
-echo "train-and-export exit status $status after $(( $(date +%s) - started )) s"
+status=0
+for task in ${TASKS:-siamese tabular unet}; do
+  echo "== 1. pipelines train-and-export $task (fastai on $(python3 -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")'))"
+  started=$(date +%s)
+  python3 -m pipelines.cli train-and-export "$task" --no-register --output "$OUT/$task" "$@" 2>&1 \
+    | tr '\r' '\n' | grep -vE "^Epoch [0-9]+/[0-9]+ :" ; task_status=${PIPESTATUS[0]}
+  echo "train-and-export $task exit status $task_status after $(( $(date +%s) - started )) s"
+  [ "$task_status" = 0 ] || status=$task_status
+done
 
 echo "== 2. provider guard and latency"
-python3 - "$OUT/siamese" <<'PY'
+[ -f "$OUT/siamese/model.onnx" ] && python3 - "$OUT/siamese" <<'PY'
 import sys, time
 from pathlib import Path
 import numpy as np, torch
@@ -56,5 +60,5 @@ for batch in (1, 16, 256):
         rows[name] = float(np.median(samples))
     print(f"batch {batch:>3}: " + ", ".join(f"{k} p50 {v:.2f} ms" for k, v in rows.items()))
 PY
-rm -f "$OUT/siamese/model.onnx" "$OUT/siamese/fastai_weights.pth"  # large; the reports come back
+rm -f "$OUT"/*/model.onnx "$OUT"/*/fastai_weights.pth "$OUT"/*/*.png "$OUT"/*/manifest.json  # only report.md and parity.json come back
 exit $status

@@ -10,10 +10,7 @@ from __future__ import annotations
 import io
 import warnings
 
-from pathlib import Path
-
 import numpy as np
-from bentoml.exceptions import InvalidArgument
 from PIL import Image, UnidentifiedImageError
 
 from services.manifest import ImagePreprocessing
@@ -53,17 +50,6 @@ def decode_image(data: bytes, field: str, color_mode: str = "RGB") -> Image.Imag
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise InvalidImageError(field, f"the image could not be decoded ({error})") from None
     return image.convert(color_mode)
-
-
-def read_upload(path: Path, field: str, color_mode: str = "RGB") -> Image.Image:
-    """A multipart upload to a decoded image, or a 400 (InvalidArgument) naming the field and the problem."""
-    try:
-        size = path.stat().st_size
-        if size > MAX_UPLOAD_BYTES:
-            raise InvalidImageError(field, f"the upload is {size:,} bytes, more than {MAX_UPLOAD_BYTES:,}")
-        return decode_image(path.read_bytes(), field, color_mode)
-    except InvalidImageError as error:
-        raise InvalidArgument(str(error)) from None
 
 
 def center_crop_box(width: int, height: int, target_width: int, target_height: int) -> tuple[int, int, int, int]:

@@ -8,7 +8,8 @@ import bentoml
 import numpy as np
 from pydantic import BaseModel, Field
 
-from services.images import image_to_tensor, read_upload
+from services.images import image_to_tensor
+from services.uploads import read_upload
 from services.loading import ServedModel, check_provider_configuration, model_tag, softmax
 
 TASK = "siamese"

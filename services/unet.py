@@ -12,7 +12,8 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel
 
-from services.images import image_to_tensor, read_upload
+from services.images import image_to_tensor
+from services.uploads import read_upload
 from services.loading import ServedModel, check_provider_configuration, model_tag
 
 TASK = "unet"

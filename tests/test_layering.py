@@ -36,3 +36,11 @@ def test_services_sources_import_only_allowed_packages():
             for name in names:
                 top = name.split(".")[0]
                 assert top in stdlib or top in ALLOWED_THIRD_PARTY or top == "services", f"{path.name} imports {name}"
+
+
+def test_training_cli_imports_no_serving_framework():
+    """bentoml is imported only when registering, so training machines without it (and --help) work."""
+    code = "import sys, pipelines.cli; print('bentoml' in sys.modules, 'onnxruntime' in sys.modules)"
+    completed = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split()[0] == "False"
