@@ -21,6 +21,23 @@ def build(bentofile: str):
     return bentoml.get(completed.stdout.strip().splitlines()[-1].replace("__tag__:", ""))
 
 
+def check_container_context(bento) -> None:
+    """The Docker build context `bentoml build` writes: slim Python base, the serving port, a non-root
+    user, and an install list with ONNX Runtime and without torch or fastai. (No Docker engine runs
+    here; `bentoml containerize` builds it elsewhere.)"""
+    with open(bento.path_of("env/docker/Dockerfile")) as handle:
+        dockerfile = handle.read()
+    assert "FROM python:3.11-slim" in dockerfile
+    assert "EXPOSE 3000" in dockerfile
+    users = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")]
+    assert users and users[-1] != "root"
+    assert os.path.isfile(bento.path_of("env/docker/entrypoint.sh"))
+    with open(bento.path_of("env/python/requirements.txt")) as handle:
+        packages = [line.strip().lower() for line in handle if line.strip() and not line.startswith("#")]
+    assert any(p.startswith("onnxruntime") and not p.startswith("onnxruntime-gpu") for p in packages)
+    assert not any(p.startswith(("torch", "fastai", "onnxruntime-gpu")) for p in packages)
+
+
 def test_bentoml_build_pins_model_and_excludes_torch(siamese_run):
     _, result = siamese_run
     bento = build("bentofile.yaml")
@@ -30,6 +47,7 @@ def test_bentoml_build_pins_model_and_excludes_torch(siamese_run):
         packages = handle.read().lower()
     assert "onnxruntime" in packages
     assert "torch" not in packages and "fastai" not in packages
+    check_container_context(bento)
     sources = {path for path in os.listdir(bento.path_of("src/services"))}
     assert "siamese.py" in sources and "images.py" in sources
     with open(bento.path_of("bento.yaml")) as handle:
@@ -47,3 +65,4 @@ def test_task_bento_pins_its_model_without_torch(task, service, request):
     assert "torch" not in packages and "fastai" not in packages and "pandas" not in packages
     with open(bento.path_of("bento.yaml")) as handle:
         assert yaml.safe_load(handle)["service"] == f"services.{task}:{service}"
+    check_container_context(bento)
