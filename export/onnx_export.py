@@ -68,8 +68,9 @@ def export_onnx(
         try:
             _run_exporter(exporter, module, example_inputs, config, path)
         except Exception as error:  # torch.onnx raises many types across releases
-            failures.append(f"{exporter}: {_summary(error)}")
-            progress(f"      the {exporter} exporter failed ({_summary(error)})")
+            reason = _summary(error)
+            failures.append(f"{exporter}: {reason}")
+            progress(f"      the {exporter} exporter failed ({reason})")
             path.unlink(missing_ok=True)
             continue
         check_onnx_file(path, config)
@@ -79,11 +80,9 @@ def export_onnx(
 
 def check_onnx_file(path: Path, config: OnnxConfig) -> onnx.ModelProto:
     """The file is self-contained, passes the ONNX checker and has the declared inputs and outputs."""
-    leftovers = [p.name for p in path.parent.glob(path.name + "*.data")] + [
-        p.name for p in path.parent.glob("*.data")
-    ]
+    leftovers = sorted(p.name for p in path.parent.glob("*.data"))
     if leftovers:
-        raise OnnxGraphError(f"export wrote external weight files {sorted(set(leftovers))}; model.onnx must be self-contained")
+        raise OnnxGraphError(f"export wrote external weight files {leftovers}; model.onnx must be self-contained")
     model = onnx.load(str(path), load_external_data=False)
     for tensor in model.graph.initializer:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:

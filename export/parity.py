@@ -93,8 +93,9 @@ class ParityReport:
     def raise_for_failure(self) -> None:
         if self.passed:
             return
-        summary = "; ".join(self.failures())
-        if any("shape" in problem for problem in self.failures()):
+        problems = self.failures()
+        summary = "; ".join(problems)
+        if any("shape" in problem for problem in problems):
             raise ShapeMismatchError(f"parity failed: {summary}", report=self)
         if self.preprocessing is not None and not self.preprocessing.passed and all(c.passed for c in self.cases):
             raise PreprocessingMismatchError(f"parity failed: {summary}", report=self)

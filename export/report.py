@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from export.parity import ParityReport  # noqa: E402
+from services.manifest import REPORT_FILE  # noqa: E402
 
 LOSS_PLOT = "loss_curve.png"
 
@@ -107,6 +108,6 @@ Verdict: **{'passed' if parity.passed else 'FAILED'}**. Tolerances: {parity.tole
 
 {_table(parity_rows)}
 {preprocessing}"""
-    path = folder / "report.md"
+    path = folder / REPORT_FILE
     path.write_text(text)
     return path

@@ -26,9 +26,12 @@ def read_table(path: Path):
     if not path.exists():
         raise PipelineError(f"--data {path}: no such file (expected 'penguins', 'adult_sample' or a CSV/Parquet file)")
     try:
-        if path.suffix.lower() in (".parquet", ".pq"):
+        suffix = path.suffix.lower()
+        if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path)
-        return pd.read_csv(path, sep=None if path.suffix.lower() in (".tsv", ".txt") else ",", engine="python" if path.suffix.lower() in (".tsv", ".txt") else None)
+        if suffix in (".tsv", ".txt"):
+            return pd.read_csv(path, sep=None, engine="python")  # let pandas sniff tabs or other separators
+        return pd.read_csv(path)
     except Exception as error:
         raise PipelineError(f"--data {path}: could not read it as a table ({type(error).__name__}: {error})") from None
 
