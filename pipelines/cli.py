@@ -24,6 +24,9 @@ COMMON_OPTIONS = [
                  help="New folder for this run's files [default: artifacts/TASK/TIMESTAMP]. Never overwritten."),
     click.Option(["--register/--no-register"], default=True, show_default=True,
                  help="Save into the BentoML model store (only ever after parity passed)."),
+    click.Option(["--distributed"], is_flag=True, default=False,
+                 help="Data-parallel training (fastai distrib_ctx) across the processes `accelerate launch` starts; "
+                      "the first process alone exports, checks parity and registers. Needs the `distributed` extra."),
 ]
 
 
@@ -57,6 +60,8 @@ def task_command(name: str) -> click.Command:
 
         debug = bool(os.environ.get("PIPELINES_DEBUG"))
         result = report_errors(lambda: train_and_export(get_task(name), options), debug)
+        if result is None:  # a secondary process of a distributed run: process 0 exports
+            return
         click.echo(f"artifacts: {result.output_dir}")
         if result.tag:
             click.echo(f"serve it:  bentoml serve services.{name}:{name.capitalize()}Service  (model {result.tag})")

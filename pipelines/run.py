@@ -5,8 +5,10 @@ Each stage prints one line as it starts; training shows fastai's progress bars.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import os
 import platform
 from dataclasses import dataclass
 from importlib import metadata
@@ -68,11 +70,49 @@ def new_output_dir(task: str, output: Path | None) -> Path:
     return output
 
 
-def train_and_export(task: Task, options: dict) -> RunResult:
+def process_rank(options: dict) -> int:
+    """This process's rank in a distributed run (`accelerate launch` sets RANK), else 0."""
+    return int(os.environ.get("RANK", "0")) if options.get("distributed") else 0
+
+
+def distributed_training(learn, options: dict):
+    """fastai's data-parallel context (DistributedDataParallel through Accelerate) for --distributed."""
+    if not options.get("distributed"):
+        return contextlib.nullcontext()
+    try:
+        import accelerate  # noqa: F401
+        import fastai.distributed  # noqa: F401  (adds Learner.distrib_ctx)
+    except ImportError:
+        raise PipelineError("--distributed needs Accelerate: pip install 'fastai-onnx-pipelines[distributed]'") from None
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        click.echo("      --distributed in a single process: launch with `accelerate launch --num_processes N` "
+                   "to train on N processes")
+    import torch
+
+    if torch.cuda.is_available():
+        return learn.distrib_ctx()
+    # Without CUDA, Accelerate treats several processes as one unless told to use the CPU (gloo backend),
+    # SyncBatchNorm exists only on GPUs, and fastai's DistributedDL broadcasts its shuffled indices as a
+    # CUDA tensor (nccl's need); gloo broadcasts CPU tensors.
+    fastai.distributed.DistributedDL._broadcast = broadcast_on_cpu
+    return learn.distrib_ctx(sync_bn=False, cpu=True)
+
+
+def broadcast_on_cpu(self, values, rank):
+    import torch
+
+    tensor = torch.LongTensor(values)
+    torch.distributed.broadcast(tensor, rank)
+    return tensor.tolist()
+
+
+def train_and_export(task: Task, options: dict) -> RunResult | None:
+    """The whole chain; in a distributed run, processes other than the first train and return None."""
     from fastai.torch_core import set_seed
 
     options["batch_size"] = options.get("batch_size") or task.default_batch_size
-    output_dir = new_output_dir(task.name, options.get("output"))
+    rank = process_rank(options)
+    output_dir = new_output_dir(task.name, options.get("output")) if rank == 0 else None
     set_seed(options["seed"], reproducible=True)
 
     stage(1, f"loading data for {task.name}")
@@ -81,7 +121,11 @@ def train_and_export(task: Task, options: dict) -> RunResult:
 
     stage(2, "training (fastai)")
     learn = task.build_learner(data, options)
-    summary = task.train(learn, options)
+    with distributed_training(learn, options):
+        summary = task.train(learn, options)
+    if rank != 0:
+        click.echo(f"      process {rank}: training done; process 0 exports, checks parity and registers")
+        return None
     click.echo("      final: " + ", ".join(f"{k}={v:.4f}" for k, v in summary.final_metrics.items()))
 
     stage(3, f"exporting to ONNX (opset {task.onnx_config.opset}, {task.onnx_config.exporter} exporter)")

@@ -8,6 +8,7 @@ centred crop to the target aspect ratio, then a Pillow resize), `ToTensor`, `Int
 from __future__ import annotations
 
 import io
+import os
 import warnings
 
 import numpy as np
@@ -16,8 +17,9 @@ from PIL import Image, UnidentifiedImageError
 from services.manifest import ImagePreprocessing
 
 RESAMPLE = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "bicubic": Image.BICUBIC}
-MAX_IMAGE_PIXELS = 40_000_000
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+# Request size limits for image uploads (README's configuration table).
+MAX_IMAGE_PIXELS = int(os.environ.get("PIPELINES_MAX_IMAGE_PIXELS", "40000000"))
+MAX_UPLOAD_BYTES = int(float(os.environ.get("PIPELINES_MAX_UPLOAD_MB", "20")) * 1024 * 1024)
 
 
 class InvalidImageError(ValueError):

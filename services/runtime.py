@@ -73,7 +73,7 @@ def session_options(threads: int = 0) -> ort.SessionOptions:
     return options
 
 
-def create_session(model_path: Path | str, provider: str = "cpu", threads: int = 0) -> ort.InferenceSession:
+def create_session(model: Path | str | bytes, provider: str = "cpu", threads: int = 0) -> ort.InferenceSession:
     """Create a session and check that the provider asked for is the one in use.
 
     ONNX Runtime silently falls back to the CPU when a CUDA session cannot be created (missing CUDA
@@ -82,12 +82,14 @@ def create_session(model_path: Path | str, provider: str = "cpu", threads: int =
     if provider in ("cuda", "auto") and hasattr(ort, "preload_dlls") and CUDA in ort.get_available_providers():
         ort.preload_dlls()
     providers = providers_for(provider)
-    session = ort.InferenceSession(str(model_path), sess_options=session_options(threads), providers=providers)
+    source = model if isinstance(model, bytes) else str(model)
+    session = ort.InferenceSession(source, sess_options=session_options(threads), providers=providers)
     in_use = session.get_providers()[0]
     if provider == "cuda" and in_use != CUDA:
         raise ProviderUnavailableError(
             f"CUDA was requested but ONNX Runtime fell back to {in_use}: "
             "check that the CUDA and cuDNN libraries matching onnxruntime-gpu are installed"
         )
-    logger.info("ONNX Runtime session for %s uses %s (asked: %s)", Path(model_path).name, in_use, provider)
+    name = "an in-memory model" if isinstance(model, bytes) else Path(model).name
+    logger.info("ONNX Runtime session for %s uses %s (asked: %s)", name, in_use, provider)
     return session

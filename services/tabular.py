@@ -14,8 +14,10 @@ import numpy as np
 from bentoml.exceptions import InvalidArgument
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, create_model
 
-from services.loading import ServedModel, check_provider_configuration, model_tag, softmax
+from services.loading import RUNNER_CONNECTION, ServedModel, TaskHandler
+from services.loading import batching_enabled, check_provider_configuration, model_tag, softmax
 from services.manifest import Manifest, TabularPreprocessing
+from services.schemas import TabularPrediction, TabularResponse
 from services.tabular_preprocessing import RecordError, encode_records
 
 TASK = "tabular"
@@ -61,47 +63,56 @@ _SPEC = registered_spec()
 Record = record_model(_SPEC) if _SPEC is not None else dict[str, Any]
 
 
-class TabularPrediction(BaseModel):
-    prediction: Union[str, float] = Field(description="the class, or the value for a regression model")
-    probabilities: Optional[dict[str, float]] = None
+class TabularHandler(TaskHandler):
+    INFER = "score_features"
+
+    def predict(self, records: list) -> TabularResponse:
+        rows = [r.model_dump(by_alias=True) if isinstance(r, BaseModel) else r for r in records]
+        try:
+            x_cat, x_cont = encode_records(rows, self.spec)
+        except RecordError as error:
+            raise InvalidArgument(str(error)) from None
+        # One float64 matrix, so that concurrent requests can be batched along its rows: category codes
+        # and float32 values are both exact in float64.
+        outputs = np.asarray(self.infer(np.hstack([x_cat.astype(np.float64), x_cont.astype(np.float64)])))
+        labels = self.manifest.labels
+        if self.spec.target_type == "regression":
+            predictions = [TabularPrediction(prediction=float(value)) for value in outputs[:, 0]]
+        else:
+            predictions = [
+                TabularPrediction(prediction=labels[int(np.argmax(row))],
+                                  probabilities={label: float(p) for label, p in zip(labels, row)})
+                for row in outputs
+            ]
+        return TabularResponse(predictions=predictions, model=self.tag, provider=self.provider)
 
 
-class TabularResponse(BaseModel):
-    predictions: list[TabularPrediction]
-    model: str
-    provider: str
-
-
-@bentoml.service(name="tabular", traffic={"timeout": 60})
+@bentoml.service(name="tabular", traffic={"timeout": 60}, runner_connection=RUNNER_CONNECTION)
 class TabularService:
     model_ref = MODEL
 
     def __init__(self) -> None:
         self.model = ServedModel.from_store(self.model_ref, TASK)
         self.spec: TabularPreprocessing = self.model.manifest.preprocessing
+        self.handler = TabularHandler.local(self)
+
+    @bentoml.api(batchable=batching_enabled(TASK), max_batch_size=MAX_RECORDS)
+    def score_features(self, features: np.ndarray) -> np.ndarray:
+        """Internal (used by the all-models Bento): encoded records (category codes, then normalised
+        continuous values) to class probabilities, or to values for a regression model."""
+        n_cat = len(self.spec.x_cat_columns)
+        outputs = self.model.run({
+            "x_cat": np.ascontiguousarray(features[:, :n_cat], dtype=np.int64),
+            "x_cont": np.ascontiguousarray(features[:, n_cat:], dtype=np.float32),
+        })
+        return outputs if self.spec.target_type == "regression" else softmax(outputs)
 
     @bentoml.api
     def predict(
         self, records: Annotated[list[Record], Field(min_length=1, max_length=MAX_RECORDS)]
     ) -> TabularResponse:
         """Predict for one or many records (JSON objects keyed by column name)."""
-        rows = [r.model_dump(by_alias=True) if isinstance(r, BaseModel) else r for r in records]
-        try:
-            x_cat, x_cont = encode_records(rows, self.spec)
-        except RecordError as error:
-            raise InvalidArgument(str(error)) from None
-        outputs = self.model.run({"x_cat": x_cat, "x_cont": x_cont})
-        labels = self.model.manifest.labels
-        if self.spec.target_type == "regression":
-            predictions = [TabularPrediction(prediction=float(value)) for value in outputs[:, 0]]
-        else:
-            probabilities = softmax(outputs)
-            predictions = [
-                TabularPrediction(prediction=labels[int(np.argmax(row))],
-                                  probabilities={label: float(p) for label, p in zip(labels, row)})
-                for row in probabilities
-            ]
-        return TabularResponse(predictions=predictions, model=self.model.tag, provider=self.model.provider)
+        return self.handler.predict(records)
 
     @bentoml.api
     def model_info(self) -> dict:

@@ -11,10 +11,13 @@ import os
 from typing import Annotated
 
 import bentoml
+import numpy as np
 from bentoml.exceptions import InvalidArgument
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from services.loading import ServedModel, check_provider_configuration, model_tag, softmax
+from services.loading import RUNNER_CONNECTION, ServedModel, TaskHandler
+from services.loading import batching_enabled, check_provider_configuration, model_tag, softmax
+from services.schemas import TextPrediction, TextResponse
 from services.text_preprocessing import Numericalizer, batch_ids, tokenize
 
 TASK = "text"
@@ -23,29 +26,15 @@ MAX_CHARS = int(os.environ.get("TEXT_MAX_CHARS", "100000"))
 MAX_TEXTS = int(os.environ.get("TEXT_MAX_BATCH", "64"))
 
 
-class TextPrediction(BaseModel):
-    label: str
-    probabilities: dict[str, float]
-    tokens: int = Field(description="how many tokens the model read")
+class TextHandler(TaskHandler):
+    INFER = "score_token_ids"
 
-
-class TextResponse(BaseModel):
-    predictions: list[TextPrediction]
-    model: str
-    provider: str
-
-
-@bentoml.service(name="text", traffic={"timeout": 120})
-class TextService:
-    model_ref = bentoml.models.BentoModel(model_tag(TASK))
-
-    def __init__(self) -> None:
-        self.model = ServedModel.from_store(self.model_ref, TASK)
-        self.spec = self.model.manifest.preprocessing
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
         self.numericalize = Numericalizer(self.spec)
         tokenize("warm up the tokenizer", self.spec)
 
-    def predict_texts(self, texts: list[str]) -> TextResponse:
+    def classify(self, texts: list[str]) -> TextResponse:
         for index, text in enumerate(texts):
             where = f"texts[{index}]" if len(texts) > 1 else "text"
             if not text.strip():
@@ -53,25 +42,40 @@ class TextService:
             if len(text) > MAX_CHARS:
                 raise InvalidArgument(f"{where}: the text has {len(text):,} characters, more than {MAX_CHARS:,}")
         ids = [self.numericalize(tokenize(text, self.spec)) for text in texts]
-        tokens, lengths = batch_ids(ids, self.spec.pad_index)
-        probabilities = softmax(self.model.run({"tokens": tokens, "lengths": lengths}))
-        labels = self.model.manifest.labels
+        probabilities = self.infer(ids)
+        labels = self.manifest.labels
         predictions = [
-            TextPrediction(label=labels[int(row.argmax())], probabilities={l: float(p) for l, p in zip(labels, row)},
+            TextPrediction(label=labels[int(np.argmax(row))], probabilities={l: float(p) for l, p in zip(labels, row)},
                            tokens=len(one))
             for row, one in zip(probabilities, ids)
         ]
-        return TextResponse(predictions=predictions, model=self.model.tag, provider=self.model.provider)
+        return TextResponse(predictions=predictions, model=self.tag, provider=self.provider)
+
+
+@bentoml.service(name="text", traffic={"timeout": 120}, runner_connection=RUNNER_CONNECTION)
+class TextService:
+    model_ref = bentoml.models.BentoModel(model_tag(TASK))
+
+    def __init__(self) -> None:
+        self.model = ServedModel.from_store(self.model_ref, TASK)
+        self.spec = self.model.manifest.preprocessing
+        self.handler = TextHandler.local(self)
+
+    @bentoml.api(batchable=batching_enabled(TASK), max_batch_size=MAX_TEXTS)
+    def score_token_ids(self, ids: list[list[int]]) -> list[list[float]]:
+        """Internal (used by the all-models Bento): token ids of each text to its class probabilities."""
+        tokens, lengths = batch_ids(ids, self.spec.pad_index)
+        return softmax(self.model.run({"tokens": tokens, "lengths": lengths})).tolist()
 
     @bentoml.api
     def classify(self, text: str) -> TextResponse:
         """Classify one text."""
-        return self.predict_texts([text])
+        return self.handler.classify([text])
 
     @bentoml.api
     def classify_batch(self, texts: Annotated[list[str], Field(min_length=1, max_length=MAX_TEXTS)]) -> TextResponse:
         """Classify several texts at once; each gets the same answer it would get alone."""
-        return self.predict_texts(texts)
+        return self.handler.classify(texts)
 
     @bentoml.api
     def model_info(self) -> dict:

@@ -10,29 +10,14 @@ from pathlib import Path
 import bentoml
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel
 
 from services.images import image_to_tensor
+from services.loading import RUNNER_CONNECTION, ServedModel, TaskHandler, check_provider_configuration, model_tag
+from services.schemas import ClassCoverage, SegmentationSummary
 from services.uploads import read_upload
-from services.loading import ServedModel, check_provider_configuration, model_tag
 
 TASK = "unet"
 check_provider_configuration()
-
-
-class ClassCoverage(BaseModel):
-    index: int
-    name: str
-    pixels: int
-    coverage: float
-
-
-class SegmentationSummary(BaseModel):
-    width: int
-    height: int
-    classes: list[ClassCoverage]
-    model: str
-    provider: str
 
 
 def palette(count: int) -> np.ndarray:
@@ -43,46 +28,71 @@ def palette(count: int) -> np.ndarray:
     return colours
 
 
-@bentoml.service(name="unet", traffic={"timeout": 120})
+class UnetHandler(TaskHandler):
+    INFER = "class_mask"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.colours = palette(len(self.manifest.labels))
+
+    def read(self, image: Path) -> Image.Image:
+        return read_upload(image, "image", self.spec.color_mode)
+
+    def mask_of(self, image: Image.Image) -> np.ndarray:
+        """Class index per pixel at the image's own size."""
+        mask = np.asarray(self.infer(image_to_tensor(image, self.spec)[None]))
+        if mask.shape != (image.height, image.width):  # the model saw a resized image: map the mask back
+            mask = np.asarray(Image.fromarray(mask).resize(image.size, Image.NEAREST))
+        return mask
+
+    def segment(self, image: Path) -> Image.Image:
+        return Image.fromarray(self.mask_of(self.read(image)), mode="L")
+
+    def summary(self, image: Path) -> SegmentationSummary:
+        mask = self.mask_of(self.read(image))
+        counts = np.bincount(mask.ravel(), minlength=len(self.manifest.labels))
+        classes = [ClassCoverage(index=i, name=name, pixels=int(counts[i]), coverage=float(counts[i] / mask.size))
+                   for i, name in enumerate(self.manifest.labels) if counts[i]]
+        return SegmentationSummary(width=mask.shape[1], height=mask.shape[0], classes=classes,
+                                   model=self.tag, provider=self.provider)
+
+    def overlay(self, image: Path) -> Image.Image:
+        picture = self.read(image).convert("RGB")
+        mask = self.mask_of(picture)
+        pixels = np.asarray(picture, dtype=np.float32)
+        painted = np.where(mask[..., None] > 0, 0.45 * pixels + 0.55 * self.colours[mask], pixels)
+        return Image.fromarray(painted.round().astype(np.uint8))
+
+
+@bentoml.service(name="unet", traffic={"timeout": 120}, runner_connection=RUNNER_CONNECTION)
 class UnetService:
     model_ref = bentoml.models.BentoModel(model_tag(TASK))
 
     def __init__(self) -> None:
         self.model = ServedModel.from_store(self.model_ref, TASK)
-        self.spec = self.model.manifest.preprocessing
-        self.colours = palette(len(self.model.manifest.labels))
+        self.handler = UnetHandler.local(self)
 
-    def class_mask(self, image: Image.Image) -> np.ndarray:
-        """Class index per pixel at the image's own size."""
-        logits = self.model.run({self.model.manifest.input_names()[0]: image_to_tensor(image, self.spec)[None]})
-        mask = logits[0].argmax(axis=0).astype(np.uint8)
-        if mask.shape != (image.height, image.width):  # the model saw a resized image: map the mask back
-            mask = np.asarray(Image.fromarray(mask).resize(image.size, Image.NEAREST))
-        return mask
+    @bentoml.api
+    def class_mask(self, image: np.ndarray) -> np.ndarray:
+        """Internal (used by the all-models Bento): one preprocessed image (1, C, H, W) to its class
+        mask (H, W). Never batched: uploads differ in size, and one image is already a full batch of work."""
+        logits = self.model.run({self.model.manifest.input_names()[0]: image})
+        return logits[0].argmax(axis=0).astype(np.uint8)
 
     @bentoml.api
     def segment(self, image: Path) -> Image.Image:
         """The class mask as a greyscale PNG of the upload's size: pixel value = class index."""
-        return Image.fromarray(self.class_mask(read_upload(image, "image", self.spec.color_mode)), mode="L")
+        return self.handler.segment(image)
 
     @bentoml.api
     def summary(self, image: Path) -> SegmentationSummary:
         """Class names with their pixel counts and coverage, for clients that want numbers, not pixels."""
-        mask = self.class_mask(read_upload(image, "image", self.spec.color_mode))
-        counts = np.bincount(mask.ravel(), minlength=len(self.model.manifest.labels))
-        classes = [ClassCoverage(index=i, name=name, pixels=int(counts[i]), coverage=float(counts[i] / mask.size))
-                   for i, name in enumerate(self.model.manifest.labels) if counts[i]]
-        return SegmentationSummary(width=mask.shape[1], height=mask.shape[0], classes=classes,
-                                   model=self.model.tag, provider=self.model.provider)
+        return self.handler.summary(image)
 
     @bentoml.api
     def overlay(self, image: Path) -> Image.Image:
         """The upload with each class painted in its own colour (background left as is), for people."""
-        picture = read_upload(image, "image", self.spec.color_mode).convert("RGB")
-        mask = self.class_mask(picture)
-        pixels = np.asarray(picture, dtype=np.float32)
-        painted = np.where(mask[..., None] > 0, 0.45 * pixels + 0.55 * self.colours[mask], pixels)
-        return Image.fromarray(painted.round().astype(np.uint8))
+        return self.handler.overlay(image)
 
     @bentoml.api
     def model_info(self) -> dict:

@@ -31,9 +31,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class ServerURL(str):
+    """The base URL of a running server, with the PID of its `bentoml serve` process (its session leader)."""
+
+    pid: int
+
+
 @contextlib.contextmanager
 def bentoml_server(target: str, env: dict | None = None, cwd: Path = REPO, log_path: Path | None = None, timeout: float = 90):
-    """Start `bentoml serve TARGET` on 127.0.0.1, wait for /readyz, yield its URL, stop it by PID."""
+    """Start `bentoml serve TARGET` on 127.0.0.1, wait for /readyz, yield its URL (a ServerURL), stop it by PID."""
     port = free_port()
     log_path = log_path or Path(os.environ["BENTOML_HOME"]).parent / f"serve-{port}.log"
     log = open(log_path, "wb")
@@ -41,7 +47,8 @@ def bentoml_server(target: str, env: dict | None = None, cwd: Path = REPO, log_p
         [BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(port)],
         cwd=cwd, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
-    url = f"http://127.0.0.1:{port}"
+    url = ServerURL(f"http://127.0.0.1:{port}")
+    url.pid = process.pid
     try:
         deadline = time.time() + timeout
         while True:
@@ -122,3 +129,34 @@ def synthetic_reviews(count: int, seed: int = 0):
             text = text.capitalize() + " sooo " + " ".join([tokens[0]] * 4)
         rows.append((text, label))
     return pd.DataFrame(rows, columns=["text", "label"])
+
+
+def build_bento(bentofile: str):
+    """`bentoml build -f BENTOFILE` in the repository; the built Bento from the store."""
+    import bentoml
+
+    completed = subprocess.run(
+        [BENTOML, "build", "-f", bentofile, "--output", "tag"], cwd=REPO, env=os.environ, capture_output=True,
+        text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return bentoml.get(completed.stdout.strip().splitlines()[-1].replace("__tag__:", ""))
+
+
+def check_container_context(bento, runtime: str = "onnxruntime") -> None:
+    """The Docker build context `bentoml build` writes: slim Python base, the serving port, a non-root
+    user, and an install list with `runtime` (onnxruntime or onnxruntime-gpu, never both) and without
+    torch or fastai. (No Docker engine runs here; `bentoml containerize` builds it elsewhere.)"""
+    with open(bento.path_of("env/docker/Dockerfile")) as handle:
+        dockerfile = handle.read()
+    assert "FROM python:3.11-slim" in dockerfile
+    assert "EXPOSE 3000" in dockerfile
+    users = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")]
+    assert users and users[-1] != "root"
+    assert os.path.isfile(bento.path_of("env/docker/entrypoint.sh"))
+    with open(bento.path_of("env/python/requirements.txt")) as handle:
+        packages = [line.strip().lower() for line in handle if line.strip() and not line.startswith("#")]
+    names = {package.split("[")[0].split("=")[0].split(">")[0].split("<")[0].strip() for package in packages}
+    assert runtime in names
+    assert not names & ({"onnxruntime", "onnxruntime-gpu"} - {runtime})
+    assert not any(name.startswith(("torch", "fastai")) for name in names)

@@ -1,0 +1,198 @@
+"""The deployable Bento (bentofile.yaml, all four models) and its GPU variant: `bentoml build`, the
+container build context, the built Bento served for real and called through the typed client, the
+composed variant with adaptive batching, and the GPU Bento refusing to start without CUDA."""
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import bentoml
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from services.client import PipelinesClient, PipelinesRequestError
+from tests.helpers import BENTOML, REPO, bentoml_server, build_bento, check_container_context, free_port
+
+pytestmark = pytest.mark.slow
+TASKS = ("siamese", "unet", "text", "tabular")
+PENGUIN = {"island": "Biscoe", "bill_length_mm": 48.6, "bill_depth_mm": 16.0, "flipper_length_mm": 230,
+           "body_mass_g": 5800, "sex": "male", "year": 2009}
+
+
+@pytest.fixture(scope="module")
+def runs(siamese_run, unet_run, text_run, tabular_run):
+    return {"siamese": siamese_run, "unet": unet_run, "text": text_run, "tabular": tabular_run}
+
+
+@pytest.fixture(scope="module")
+def cpu_bento(runs):
+    return build_bento("bentofile.yaml")
+
+
+@pytest.fixture(scope="module")
+def latest_tags(runs):
+    return {task: str(bentoml.models.get(f"{task}:latest").tag) for task in TASKS}
+
+
+@pytest.fixture(scope="module")
+def served_bento(cpu_bento, tmp_path_factory):
+    """The built Bento (its own copy of the sources and models), not the source folder."""
+    with bentoml_server(str(cpu_bento.tag), env={"PIPELINES_PROVIDER": "cpu"}, cwd=tmp_path_factory.mktemp("serve"),
+                        timeout=120) as url:
+        yield url
+
+
+def bento_service_config(bento) -> dict:
+    with open(bento.path_of("bento.yaml")) as handle:
+        info = yaml.safe_load(handle)
+    return info, info["services"][0].get("config", {})
+
+
+def test_cpu_bento_pins_the_four_models_and_ships_onnxruntime_without_torch(cpu_bento, latest_tags):
+    assert sorted(str(model.tag) for model in cpu_bento.info.all_models) == sorted(latest_tags.values())
+    check_container_context(cpu_bento, runtime="onnxruntime")
+    info, config = bento_service_config(cpu_bento)
+    assert info["service"] == "services.pipelines:Pipelines"
+    assert "gpu" not in config.get("resources", {})
+    with open(cpu_bento.path_of("env/docker/Dockerfile")) as handle:
+        assert "PIPELINES_PROVIDER=cpu" in handle.read().replace('"', "")
+
+
+def test_gpu_bento_installs_onnxruntime_gpu_requests_a_gpu_and_refuses_to_start_without_cuda(runs, latest_tags, tmp_path):
+    bento = build_bento("bentofile.gpu.yaml")
+    assert sorted(str(model.tag) for model in bento.info.all_models) == sorted(latest_tags.values())
+    check_container_context(bento, runtime="onnxruntime-gpu")
+    with open(bento.path_of("env/python/requirements.in")) as handle:
+        assert "onnxruntime-gpu[cuda,cudnn]" in handle.read().replace(" ", "")
+    with open(bento.path_of("env/python/requirements.txt")) as handle:
+        locked = handle.read()
+    assert "nvidia-cudnn" in locked and "nvidia-cuda-runtime" in locked  # the CUDA libraries its extras pin
+    info, config = bento_service_config(bento)
+    assert info["service"] == "services.pipelines:PipelinesOnGPU"
+    assert config["resources"]["gpu"] == 1
+    with open(bento.path_of("env/docker/Dockerfile")) as handle:
+        assert "PIPELINES_PROVIDER=cuda" in handle.read().replace('"', "")
+    # Served on this machine (CPU-only onnxruntime, no GPU) with the Bento's provider setting, it must
+    # stop with the reason instead of quietly serving on the CPU.
+    completed = subprocess.run(
+        [BENTOML, "serve", str(bento.tag), "--host", "127.0.0.1", "--port", str(free_port())],
+        cwd=tmp_path, env={**os.environ, "PIPELINES_PROVIDER": "cuda"}, capture_output=True, text=True, timeout=120,
+    )
+    assert completed.returncode != 0
+    assert "CUDA was requested" in completed.stdout + completed.stderr
+
+
+def test_built_bento_serves_all_four_models_as_fastai_predicts(served_bento, runs, latest_tags, tmp_path):
+    from tests.test_siamese_service import fastai_probability_same, pair_files
+    from tests.test_tabular_service import records_of
+
+    with PipelinesClient(served_bento) as client:
+        assert client.ready()
+        models = client.models()
+        assert {task: models[task]["model"] for task in TASKS} == latest_tags
+        assert {models[task]["provider"] for task in TASKS} == {"CPUExecutionProvider"}
+
+        task, result = runs["siamese"]
+        for first, second in pair_files(result, tmp_path):
+            answer = client.compare(first, second)
+            assert abs(answer.probability_same - fastai_probability_same(task, result.learn, first, second)) <= 1e-4
+            assert answer.model == latest_tags["siamese"]
+
+        _, result = runs["unet"]
+        scene = Image.open(sorted(result.learn.dls.valid_ds.items)[0]).convert("RGB").resize((150, 100))
+        scene.save(tmp_path / "scene.png")
+        probabilities, _ = result.learn.get_preds(dl=result.learn.dls.test_dl([tmp_path / "scene.png"], bs=1))
+        mask = client.segment(tmp_path / "scene.png")
+        np.testing.assert_array_equal(np.asarray(mask), probabilities[0].argmax(dim=0).numpy())
+        summary = client.segmentation_summary(scene)
+        assert (summary.width, summary.height) == (150, 100)
+        assert sum(c.pixels for c in summary.classes) == 150 * 100
+        assert client.overlay(scene).size == (150, 100)
+
+        _, result = runs["text"]
+        texts = ["This coffee was GREAT!!! fresh and tasty <br /> would buy again", "stale bland soggy"]
+        batch = client.classify_batch(texts)
+        labels = result.manifest.labels
+        for served, text in zip(batch.predictions, texts):
+            _, _, expected = result.learn.predict(text)
+            assert max(abs(served.probabilities[l] - float(p)) for l, p in zip(labels, expected)) <= 1e-4
+        assert client.classify(texts[0]).predictions[0] == batch.predictions[0]
+
+        import palmerpenguins
+
+        _, result = runs["tabular"]
+        frame = palmerpenguins.load_penguins().sample(20, random_state=5).reset_index(drop=True)
+        expected, _ = result.learn.get_preds(dl=result.learn.dls.test_dl(frame.drop(columns=["species"])))
+        served = client.predict_records(records_of(frame))
+        labels = result.manifest.labels
+        for prediction, row in zip(served.predictions, expected.numpy()):
+            assert max(abs(prediction.probabilities[l] - float(p)) for l, p in zip(labels, row)) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda c: c.compare(b"not an image", b"\x89PNG\r\n\x1a\nbroken"), "image_a: not a recognised image format"),
+        (lambda c: c.segment(b""), "image: the upload is empty"),
+        (lambda c: c.classify("   "), "text: the text is empty"),
+        (lambda c: c.classify_batch([]), "texts"),
+        (lambda c: c.predict_records([{"island": "Biscoe"}]), "records.0.bill_length_mm: Field required"),
+    ],
+)
+def test_bad_input_is_a_400_naming_the_problem_and_the_bento_keeps_serving(served_bento, call, message):
+    with PipelinesClient(served_bento) as client:
+        with pytest.raises(PipelinesRequestError) as raised:
+            call(client)
+        assert raised.value.status == 400
+        assert message in raised.value.message
+        assert client.predict_records([PENGUIN]).predictions[0].prediction in {"Adelie", "Chinstrap", "Gentoo"}
+
+
+def test_composed_bento_with_adaptive_batching_answers_as_the_one_process_bento(served_bento, runs, tmp_path):
+    """The entry service + task services variant, every batchable endpoint batching, under concurrent
+    clients (so batches really merge requests), answers exactly what the one-process Bento answers."""
+    _, siamese = runs["siamese"]
+    images = sorted(siamese.learn.dls.valid.items)[:8]
+    texts = [f"{'tasty fresh ' * n}but {'stale ' * (7 - n)}" for n in range(8)]
+    records = [{**PENGUIN, "bill_length_mm": 35.0 + 2 * n} for n in range(8)]
+
+    def answers(url):
+        def one(n):
+            with PipelinesClient(url) as client:
+                return (client.compare(images[n], images[-1 - n]).probabilities,
+                        client.classify(texts[n]).predictions[0].probabilities,
+                        client.predict_records([records[n]]).predictions[0].probabilities)
+
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(one, range(8)))
+
+    expected = answers(served_bento)
+    env = {"PIPELINES_PROVIDER": "cpu", "PIPELINES_BATCHING": "all", "PIPELINES_MAX_UPLOAD_MB": "0.05"}
+    with bentoml_server("services.pipelines:ComposedPipelines", env=env, timeout=120) as url:
+        composed = answers(url)
+        with PipelinesClient(url) as client:
+            with pytest.raises(PipelinesRequestError) as raised:
+                client.classify("")
+            assert raised.value.status == 400 and "text: the text is empty" in raised.value.message
+            mask = client.segment(Image.new("RGB", (40, 30), (200, 10, 10)))
+            assert mask.size == (40, 30)
+            noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8))
+            with pytest.raises(PipelinesRequestError) as raised:  # over the configured 0.05 MB
+                client.segment(noise)
+            assert raised.value.status == 400 and "bytes, more than 52,428" in raised.value.message
+    for got, want in zip(composed, expected):
+        for got_part, want_part in zip(got, want):
+            assert got_part.keys() == want_part.keys()
+            assert max(abs(got_part[k] - want_part[k]) for k in want_part) <= 1e-5
+
+
+def test_python_client_needs_no_server_side_packages():
+    code = ("import sys, services.client; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'onnxruntime', 'bentoml', 'torch', 'fastai'}))")
+    completed = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "[]"
+
