@@ -96,8 +96,9 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
 # PIPELINES_BATCHING says otherwise; chosen by benchmarks/bench_serving.py (README, results log).
 BATCHING_BY_DEFAULT: tuple[str, ...] = ()
 BATCHABLE_TASKS = ("siamese", "text", "tabular")
-# BentoML recycles the connection to a dependency after 100 requests or 300 s by default, closing it
-# under requests still in flight (measured: errors under load); a task service keeps it open instead.
+# BentoML recycles the connection to a dependency after 100 requests or 300 s by default, closing the
+# session under calls still in flight (reported to break calls between services under load; not
+# reproduced here, README's results log); a task service keeps its connection open instead.
 RUNNER_CONNECTION = {"max_requests": 1_000_000_000, "max_age": 1e9}
 
 

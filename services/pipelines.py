@@ -4,8 +4,10 @@ Two compositions of the same endpoints, measured against each other (README, "Se
 
 - `Pipelines` (the default in bentofile.yaml): one service; every worker holds the four ONNX Runtime
   sessions and answers any endpoint in its own process.
-- `ComposedPipelines`: an entry service that forwards each call to the task service in its own
-  process (`bentoml.depends`), so each task keeps its own workers and resources.
+- `ComposedPipelines`: an entry service that decodes, validates and preprocesses each request, then
+  calls the task service's inference endpoint in that service's own process (`bentoml.depends`), so
+  each task keeps its own workers and resources and can batch concurrent calls (PIPELINES_BATCHING).
+- `PipelinesOnGPU` (bentofile.gpu.yaml): `Pipelines` asking its platform for one GPU.
 
 Both pin the four registered models (`<TASK>_MODEL_TAG` or `<task>:latest`) at `bentoml build`.
 """
@@ -21,13 +23,7 @@ from pydantic import Field
 
 from services.loading import TaskHandler
 from services.siamese import SiameseHandler, SiamesePrediction, SiameseService
-from services.tabular import (
-    MAX_RECORDS,
-    Record,
-    TabularHandler,
-    TabularResponse,
-    TabularService,
-)
+from services.tabular import MAX_RECORDS, Record, TabularHandler, TabularResponse, TabularService
 from services.text import MAX_TEXTS, TextHandler, TextResponse, TextService
 from services.unet import SegmentationSummary, UnetHandler, UnetService
 
