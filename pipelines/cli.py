@@ -25,7 +25,7 @@ COMMON_OPTIONS = [
     click.Option(["--register/--no-register"], default=True, show_default=True,
                  help="Save into the BentoML model store (only ever after parity passed)."),
     click.Option(["--distributed"], is_flag=True, default=False,
-                 help="Data-parallel training (fastai distrib_ctx) across the processes `accelerate launch` starts; "
+                 help="Data-parallel training (fastai distrib_ctx) across the processes `accelerate launch` or `torchrun` starts; "
                       "the first process alone exports, checks parity and registers. Needs the `distributed` extra."),
 ]
 

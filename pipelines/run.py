@@ -71,7 +71,7 @@ def new_output_dir(task: str, output: Path | None) -> Path:
 
 
 def process_rank(options: dict) -> int:
-    """This process's rank in a distributed run (`accelerate launch` sets RANK), else 0."""
+    """This process's rank in a distributed run (`accelerate launch` and `torchrun` set RANK), else 0."""
     return int(os.environ.get("RANK", "0")) if options.get("distributed") else 0
 
 
@@ -85,8 +85,8 @@ def distributed_training(learn, options: dict):
     except ImportError:
         raise PipelineError("--distributed needs Accelerate: pip install 'fastai-onnx-pipelines[distributed]'") from None
     if int(os.environ.get("WORLD_SIZE", "1")) < 2:
-        click.echo("      --distributed in a single process: launch with `accelerate launch --num_processes N` "
-                   "to train on N processes")
+        click.echo("      --distributed in a single process: start N processes with `torchrun --standalone "
+                   "--nproc_per_node N` or `accelerate launch --multi_gpu --num_processes N`")
     import torch
 
     if torch.cuda.is_available():

@@ -13,12 +13,7 @@ import numpy as np
 import onnxruntime as ort
 
 from services.manifest import MODEL_FILE, Manifest
-from services.runtime import (
-    configured_provider,
-    configured_threads,
-    create_session,
-    providers_for,
-)
+from services.runtime import configured_provider, configured_threads, create_session, providers_for
 
 logger = logging.getLogger("bentoml.service")
 

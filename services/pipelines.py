@@ -1,6 +1,7 @@
 """One Bento for all four models: the public endpoints of siamese, unet, text and tabular under one port.
 
-Two compositions of the same endpoints, measured against each other (README, "Serving all four models"):
+Three services with the same endpoints; the first two were measured against each other (README, results
+log, "Serving all four models"):
 
 - `Pipelines` (the default in bentofile.yaml): one service; every worker holds the four ONNX Runtime
   sessions and answers any endpoint in its own process.
