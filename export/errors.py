@@ -16,9 +16,10 @@ class OnnxGraphError(ExportError):
 class ParityError(ExportError):
     """ONNX Runtime does not compute what PyTorch computed; `report` holds the measurements."""
 
-    def __init__(self, message: str, report=None):
+    def __init__(self, message: str, report=None, kinds=frozenset()):
         super().__init__(message)
         self.report = report
+        self.kinds = set(kinds)  # export.parity.FailureKind values
 
 
 class ShapeMismatchError(ParityError):
@@ -31,3 +32,7 @@ class ToleranceExceededError(ParityError):
 
 class PreprocessingMismatchError(ParityError):
     """The serving-side preprocessing does not reproduce fastai's tensors."""
+
+
+class NotVerifiedError(ExportError):
+    """Registration refused: no passing parity.json for exactly this model.onnx."""

@@ -75,7 +75,18 @@ def export_onnx(
             continue
         check_onnx_file(path, config)
         return exporter
-    raise OnnxExportFailedError("no exporter could convert the model: " + "; ".join(failures))
+    custom = custom_module_names(module)
+    hint = f". Modules from outside torch and fastai in the model, the likely cause: {', '.join(custom)}" if custom else ""
+    raise OnnxExportFailedError("no exporter could convert the model: " + "; ".join(failures) + hint)
+
+
+KNOWN_LIBRARIES = ("torch.", "torchvision.", "fastai.", "pipelines.")
+
+
+def custom_module_names(module: torch.nn.Module) -> list[str]:
+    """Classes of the model's submodules that come from neither torch nor fastai (a user's own layers)."""
+    names = {f"{type(m).__module__}.{type(m).__qualname__}" for m in module.modules()}
+    return sorted(name for name in names if not name.startswith(KNOWN_LIBRARIES))
 
 
 def check_onnx_file(path: Path, config: OnnxConfig) -> onnx.ModelProto:

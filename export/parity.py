@@ -6,6 +6,8 @@ measures it. The session comes from `services.runtime.create_session`, the funct
 
 from __future__ import annotations
 
+import enum
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +22,24 @@ from export.errors import PreprocessingMismatchError, ShapeMismatchError, Tolera
 from services.loading import softmax
 
 CLASS_AXIS = 1
+
+
+class FailureKind(str, enum.Enum):
+    """Why a parity check failed; each kind maps to one typed error."""
+
+    SHAPE = "shape"  # an output's shape differs from PyTorch's
+    LOGITS = "logits"  # outputs differ beyond the tolerance
+    PROBABILITIES = "probabilities"
+    CLASSES = "classes"  # predicted classes disagree where PyTorch's margin is not a tie
+    PREPROCESSING = "preprocessing"  # serving preprocessing differs from fastai's tensors
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass
@@ -51,6 +71,7 @@ class CaseResult:
     metrics: dict[str, dict[str, float]]  # name -> {"pytorch": value, "onnx": value}
     passed: bool
     problems: list[str] = field(default_factory=list)
+    failure_kinds: list[FailureKind] = field(default_factory=list)
 
 
 @dataclass
@@ -70,6 +91,16 @@ class ParityReport:
     tolerance: dict
     cases: list[CaseResult]
     preprocessing: PreprocessingCheck | None = None
+    # What was checked: the data the cases came from, and the model file they ran (its SHA-256), so that
+    # registration can refuse a model.onnx that changed after it was verified.
+    data_source: str = ""
+    model_sha256: str = ""
+
+    def failure_kinds(self) -> set[FailureKind]:
+        kinds = {kind for case in self.cases for kind in case.failure_kinds}
+        if self.preprocessing is not None and not self.preprocessing.passed:
+            kinds.add(FailureKind.PREPROCESSING)
+        return kinds
 
     @property
     def passed(self) -> bool:
@@ -93,13 +124,17 @@ class ParityReport:
     def raise_for_failure(self) -> None:
         if self.passed:
             return
-        problems = self.failures()
-        summary = "; ".join(problems)
-        if any("shape" in problem for problem in problems):
-            raise ShapeMismatchError(f"parity failed: {summary}", report=self)
-        if self.preprocessing is not None and not self.preprocessing.passed and all(c.passed for c in self.cases):
-            raise PreprocessingMismatchError(f"parity failed: {summary}", report=self)
-        raise ToleranceExceededError(f"parity failed: {summary}", report=self)
+        kinds = self.failure_kinds()
+        message = "parity failed: " + "; ".join(self.failures())
+        if FailureKind.SHAPE in kinds:
+            raise ShapeMismatchError(message, report=self, kinds=kinds)
+        if kinds == {FailureKind.PREPROCESSING}:
+            raise PreprocessingMismatchError(message, report=self, kinds=kinds)
+        raise ToleranceExceededError(message, report=self, kinds=kinds)
+
+    @classmethod
+    def read(cls, path: Path) -> dict:
+        return json.loads(Path(path).read_text())
 
 
 def torch_logits(module: torch.nn.Module, case: ParityCase, config: OnnxConfig) -> np.ndarray:
@@ -139,7 +174,7 @@ def compare_case(case: ParityCase, expected: np.ndarray, actual: np.ndarray, tol
         return CaseResult(
             case.name, case.description, shapes, list(actual.shape), float("inf"), float("inf"), float("inf"),
             0.0, -1, {}, False,
-            [f"output shape {list(actual.shape)} differs from PyTorch's {list(expected.shape)}"],
+            [f"output shape {list(actual.shape)} differs from PyTorch's {list(expected.shape)}"], [FailureKind.SHAPE],
         )
     difference = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
     max_abs = float(difference.max()) if difference.size else 0.0
@@ -162,18 +197,21 @@ def compare_case(case: ParityCase, expected: np.ndarray, actual: np.ndarray, tol
             for name in case.metrics
         }
 
-    problems = []
+    problems, kinds = [], []
     if not np.allclose(actual, expected, atol=tolerance.logits_atol, rtol=tolerance.logits_rtol):
         problems.append(
             f"logits differ by up to {max_abs:.3g} (tolerance atol={tolerance.logits_atol:g}, rtol={tolerance.logits_rtol:g})"
         )
+        kinds.append(FailureKind.LOGITS)
     if probability_error > tolerance.probability_atol:
         problems.append(f"probabilities differ by up to {probability_error:.3g} (tolerance {tolerance.probability_atol:g})")
+        kinds.append(FailureKind.PROBABILITIES)
     if disagreements:
         problems.append(f"{disagreements} predicted classes disagree where PyTorch's margin exceeds {tolerance.tie_margin:g}")
+        kinds.append(FailureKind.CLASSES)
     return CaseResult(
         case.name, case.description, shapes, list(actual.shape), max_abs, max_rel, probability_error, agreement,
-        disagreements, metrics, not problems, problems,
+        disagreements, metrics, not problems, problems, kinds,
     )
 
 

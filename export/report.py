@@ -64,10 +64,10 @@ def _cell(value) -> str:
     return str(value)
 
 
-def write_report(folder: Path, task: str, version: str, summary: TrainingSummary, parity: ParityReport,
+def write_report(folder: Path, task: str, version: str, summary: TrainingSummary | None, parity: ParityReport,
                  data_source: str, figures: list[tuple[str, str]] = ()) -> Path:
+    """report.md; `summary` is None for a learner the user trained elsewhere."""
     folder = Path(folder)
-    plot_losses(summary, folder / LOSS_PLOT)
     parity_rows = [
         {
             "case": case.name,
@@ -90,18 +90,20 @@ def write_report(folder: Path, task: str, version: str, summary: TrainingSummary
             f"({'passed' if parity.preprocessing.passed else 'FAILED'}).\n"
         )
     figure_section = "".join(f"\n{title}:\n\n![{title}]({name})\n" for title, name in figures)
+    if summary is None:
+        training = "Trained elsewhere: a fastai Learner brought by the user (`learn.export()`), loaded with `load_learner`.\n"
+    else:
+        if not (folder / LOSS_PLOT).is_file():
+            plot_losses(summary, folder / LOSS_PLOT)
+        training = (f"Schedule: {summary.schedule}; {summary.schedule_reason}. Took {summary.seconds:.0f} s.\n\n"
+                    f"{_table(summary.epochs)}\n\n![loss curve]({LOSS_PLOT})\n")
     text = f"""# {task} model {version}
 
 Data: {data_source}
 
 ## Training
 
-Schedule: {summary.schedule}; {summary.schedule_reason}. Took {summary.seconds:.0f} s.
-
-{_table(summary.epochs)}
-
-![loss curve]({LOSS_PLOT})
-{figure_section}
+{training}{figure_section}
 ## Parity: PyTorch eval mode vs ONNX Runtime ({parity.provider})
 
 Verdict: **{'passed' if parity.passed else 'FAILED'}**. Tolerances: {parity.tolerance}.

@@ -12,27 +12,26 @@ import click
 from pipelines.errors import PipelineError
 from pipelines.registry import TASKS, get_task
 
-COMMON_OPTIONS = [
-    click.Option(["--epochs"], type=click.IntRange(1), default=None,
-                 help="Training epochs [default: the task's, printed with the schedule]."),
-    click.Option(["--lr"], type=click.FloatRange(min=0, min_open=True), default=None,
-                 help="Base learning rate for fit_one_cycle [default: the task's]."),
-    click.Option(["--batch-size"], type=click.IntRange(1), default=None,
-                 help="Batch size [default: the task's: 64, or 8 for unet as the book]."),
-    click.Option(["--seed"], type=int, default=42, show_default=True, help="Seed for splits, pairs and weights."),
-    click.Option(["--output"], type=click.Path(path_type=Path), default=None,
-                 help="New folder for this run's files [default: artifacts/TASK/TIMESTAMP]. Never overwritten."),
+OUTPUT_OPTION = click.Option(["--output"], type=click.Path(path_type=Path), default=None,
+                             help="New folder for this run's files [default: artifacts/TASK/TIMESTAMP]. Never overwritten.")
+DISTRIBUTED_OPTION = click.Option(
+    ["--distributed"], is_flag=True, default=False,
+    help="Data-parallel training (fastai distrib_ctx) across the processes `accelerate launch` or `torchrun` starts; "
+         "the first process alone exports, checks parity and registers. Needs the `distributed` extra.")
+NAME_HELP = "Model name in the BentoML model store [default: the task's name], e.g. tabular-adult."
+CHAIN_OPTIONS = [
+    OUTPUT_OPTION,
     click.Option(["--register/--no-register"], default=True, show_default=True,
                  help="Save into the BentoML model store (only ever after parity passed)."),
-    click.Option(["--distributed"], is_flag=True, default=False,
-                 help="Data-parallel training (fastai distrib_ctx) across the processes `accelerate launch` or `torchrun` starts; "
-                      "the first process alone exports, checks parity and registers. Needs the `distributed` extra."),
+    click.Option(["--name"], default=None, help=NAME_HELP),
+    DISTRIBUTED_OPTION,
 ]
 
 
 def report_errors(function, debug: bool):
     """Run a command; user-facing failures become one line on stderr and a non-zero exit."""
     from export.errors import ExportError
+    from services.manifest import ManifestVersionError
     from services.runtime import ProviderUnavailableError
 
     try:
@@ -41,6 +40,8 @@ def report_errors(function, debug: bool):
         raise click.ClickException(str(error)) from None
     except ExportError as error:
         raise click.ClickException(f"{type(error).__name__}: {error}") from None
+    except ManifestVersionError as error:
+        raise click.ClickException(str(error)) from None
     except KeyboardInterrupt:
         click.echo("interrupted; nothing was registered", err=True)
         sys.exit(130)
@@ -52,34 +53,65 @@ def report_errors(function, debug: bool):
         ) from None
 
 
-def task_command(name: str) -> click.Command:
+def debug_enabled() -> bool:
+    return bool(os.environ.get("PIPELINES_DEBUG"))
+
+
+def chain_command(name: str) -> click.Command:
     task_class = TASKS[name]
 
     def run(**options):
         from pipelines.run import train_and_export
 
-        debug = bool(os.environ.get("PIPELINES_DEBUG"))
-        result = report_errors(lambda: train_and_export(get_task(name), options), debug)
+        result = report_errors(lambda: train_and_export(get_task(name), options), debug_enabled())
         if result is None:  # a secondary process of a distributed run: process 0 exports
             return
         click.echo(f"artifacts: {result.output_dir}")
         if result.tag:
-            click.echo(f"serve it:  bentoml serve services.{name}:{name.capitalize()}Service  (model {result.tag})")
+            click.echo(f"serve it:  {serve_hint(name, result.tag)}")
 
     return click.Command(
-        name, callback=run, params=[*task_class.cli_options(), *COMMON_OPTIONS],
+        name, callback=run, params=[*task_class.cli_options(), *CHAIN_OPTIONS],
         help=f"Train the {name} task ({task_class.summary}), export to ONNX, prove parity, register.",
     )
+
+
+def train_command(name: str) -> click.Command:
+    task_class = TASKS[name]
+
+    def run(output, distributed, **options):
+        from pipelines.run import train
+
+        task = get_task(name)
+        source = report_errors(lambda: train(task, task.Options.from_mapping(options), output, distributed),
+                               debug_enabled())
+        if source is not None:
+            click.echo(f"next: pipelines export {source.folder}")
+
+    return click.Command(
+        name, callback=run, params=[*task_class.cli_options(), OUTPUT_OPTION, DISTRIBUTED_OPTION],
+        help=f"Train the {name} task ({task_class.summary}) with fastai into a new artifact folder.",
+    )
+
+
+def serve_hint(task: str, tag: str) -> str:
+    name = tag.split(":")[0]
+    variable = f"{task.upper()}_MODEL_TAG={tag} " if name != task else ""
+    return f"{variable}bentoml serve services.{task}:{task.capitalize()}Service  (model {tag})"
 
 
 class TaskGroup(click.Group):
     """One subcommand per registered task; an unknown task is a one-line error naming the known ones."""
 
+    def __init__(self, *args, command_factory=chain_command, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.command_factory = command_factory
+
     def list_commands(self, ctx):
         return sorted(TASKS)
 
     def get_command(self, ctx, name):
-        return task_command(name) if name in TASKS else None
+        return self.command_factory(name) if name in TASKS else None
 
     def resolve_command(self, ctx, args):
         if args and args[0] not in TASKS and not args[0].startswith("-"):
@@ -89,12 +121,101 @@ class TaskGroup(click.Group):
 
 # fastai's import triggers torch's own deprecation notice for torch.jit.script; it says nothing to our users.
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated", category=FutureWarning)
+# fastai turns pandas columns into tensors without a copy; harmless, and noise in every tabular run.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 
 @click.group(help="Train fastai models, export them to ONNX with a parity proof, and serve them with BentoML.")
 @click.version_option(package_name="fastai-onnx-pipelines")
 def main():
     pass
+
+
+@main.group("train", cls=TaskGroup, command_factory=train_command)
+def train_group():
+    """Stage 1: train a task with fastai into a new artifact folder (weights, options, training history)."""
+
+
+@main.command("export")
+@click.argument("artifact", required=False, type=click.Path(path_type=Path))
+@click.option("--learner", type=click.Path(path_type=Path), default=None,
+              help="A fastai learn.export() file to export instead of an artifact folder (loaded with load_learner: "
+                   "only files you trust).")
+@click.option("--weights", type=click.Path(path_type=Path), default=None,
+              help="A learn.save() weights file to export instead (no pickle); needs --task and --options.")
+@click.option("--options", "options_file", type=click.Path(path_type=Path), default=None,
+              help="With --weights: the JSON of the task's options the model was trained with (what `pipelines train` "
+                   "writes into source.json), so the data and architecture can be rebuilt.")
+@click.option("--task", "task_name", type=click.Choice(["auto", *sorted(TASKS)]), default="auto", show_default=True,
+              help="The learner's task; 'auto' recognises it from the model.")
+@click.option("--sample", type=click.Path(path_type=Path), default=None,
+              help="With --learner: raw inputs to check parity on (images, a CSV of image pairs, records or texts).")
+@click.option("--output", type=click.Path(path_type=Path), default=None,
+              help="With --learner or --weights: new artifact folder [default: artifacts/TASK/TIMESTAMP].")
+def export_command(artifact, learner, weights, options_file, task_name, sample, output):
+    """Stage 2: write model.onnx and manifest.json into ARTIFACT (a `pipelines train` folder), or into a new
+    artifact folder made from your own learner (--learner export.pkl --sample PATH) or weights
+    (--weights file.pth --task TASK --options options.json)."""
+    from pipelines.artifact import import_learner, import_weights
+    from pipelines.run import export, export_artifact, new_output_dir
+
+    chosen = [flag for flag, value in (("ARTIFACT", artifact), ("--learner", learner), ("--weights", weights)) if value]
+    if len(chosen) != 1:
+        raise click.UsageError("give one of ARTIFACT, --learner FILE or --weights FILE")
+
+    def run() -> Path:
+        if artifact is not None:
+            export_artifact(artifact)
+            return Path(artifact)
+        if learner is not None:
+            if sample is None:
+                raise PipelineError("--learner needs --sample PATH: raw inputs (images, a CSV of image pairs, "
+                                    "records or texts) to prove parity on")
+            if not Path(learner).is_file():
+                raise PipelineError(f"--learner {learner}: no such file")
+            folder = new_output_dir(task_name if task_name != "auto" else "learner", output)
+            try:
+                export(import_learner(learner, sample, folder, task_name))
+            except BaseException:
+                if not any(folder.iterdir()):
+                    folder.rmdir()
+                raise
+            return folder
+        if task_name == "auto" or options_file is None:
+            raise PipelineError("--weights needs --task TASK and --options OPTIONS.json (the options it was trained with)")
+        folder = new_output_dir(task_name, output)
+        import_weights(get_task(task_name), weights, options_file, folder)
+        export_artifact(folder)
+        return folder
+
+    folder = report_errors(run, debug_enabled())
+    click.echo(f"next: pipelines verify {folder}")
+
+
+@main.command("verify")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--sample", type=click.Path(path_type=Path), default=None,
+              help="Raw inputs to check parity on instead of the validation set (or the sample given at export).")
+def verify_command(artifact, sample):
+    """Stage 3: prove that model.onnx computes what PyTorch computes (parity.json); exit 1 when it does not."""
+    from pipelines.run import verify_artifact
+
+    report_errors(lambda: verify_artifact(artifact, sample), debug_enabled())
+    click.echo(f"next: pipelines register {artifact}")
+
+
+@main.command("register")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--name", default=None, help=NAME_HELP)
+def register_command(artifact, name):
+    """Stage 4: save a verified model into the BentoML model store (refused unless parity.json passed for
+    exactly this model.onnx)."""
+    from pipelines.run import register
+
+    from services.manifest import Manifest
+
+    tag = report_errors(lambda: register(artifact, name), debug_enabled())
+    click.echo(f"serve it:  {serve_hint(Manifest.read(artifact).task, tag)}")
 
 
 @main.group("train-and-export", cls=TaskGroup)

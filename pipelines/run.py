@@ -1,31 +1,28 @@
-"""The whole chain for one task: data, training, export, parity, artifact, registration.
+"""The stages on one artifact folder: train, export, verify, register; `train_and_export` chains them.
 
-Each stage prints one line as it starts; training shows fastai's progress bars.
+Each stage prints one line as it starts (training shows fastai's progress bars) and can be rerun on the
+folder on its own: `pipelines train`, `pipelines export`, `pipelines verify`, `pipelines register`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import os
-import platform
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import click
 
+from export.manifest import build_manifest
 from export.onnx_export import export_onnx
-from export.parity import ParityReport, check_parity
+from export.parity import ParityReport, check_parity, file_sha256
 from export.report import write_report
+from pipelines.artifact import ModelSource, load_model_source, read_record, write_trained
 from pipelines.errors import PipelineError
-from pipelines.tasks.base import Task
+from pipelines.tasks.base import Task, TaskOptions
 from services.manifest import MODEL_FILE, PARITY_FILE, Manifest
 from services.runtime import create_session
-
-STAGES = ("data", "training", "export", "parity", "artifact", "registration")
-PACKAGES = ("torch", "fastai", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "bentoml", "numpy", "pillow")
 
 
 @dataclass
@@ -37,18 +34,8 @@ class RunResult:
     learn: object  # the trained fastai Learner, for callers that go on in Python
 
 
-def stage(number: int, text: str) -> None:
-    click.secho(f"[{number}/{len(STAGES)}] {STAGES[number - 1]}: {text}", bold=True)
-
-
-def package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return versions
+def stage(name: str, text: str, position: str = "") -> None:
+    click.secho(f"[{position}{name}] {text}", bold=True)
 
 
 def new_output_dir(task: str, output: Path | None) -> Path:
@@ -70,14 +57,15 @@ def new_output_dir(task: str, output: Path | None) -> Path:
     return output
 
 
-def process_rank(options: dict) -> int:
+# ----- distributed training ---------------------------------------------------------------------
+def process_rank(distributed: bool) -> int:
     """This process's rank in a distributed run (`accelerate launch` and `torchrun` set RANK), else 0."""
-    return int(os.environ.get("RANK", "0")) if options.get("distributed") else 0
+    return int(os.environ.get("RANK", "0")) if distributed else 0
 
 
-def distributed_training(learn, options: dict):
+def distributed_training(learn, distributed: bool):
     """fastai's data-parallel context (DistributedDataParallel through Accelerate) for --distributed."""
-    if not options.get("distributed"):
+    if not distributed:
         return contextlib.nullcontext()
     try:
         import accelerate  # noqa: F401
@@ -106,90 +94,141 @@ def broadcast_on_cpu(self, values, rank):
     return tensor.tolist()
 
 
-def train_and_export(task: Task, options: dict) -> RunResult | None:
-    """The whole chain; in a distributed run, processes other than the first train and return None."""
+# ----- the stages -------------------------------------------------------------------------------
+def train(task: Task, options: TaskOptions, output: Path | None, distributed: bool = False,
+          position: str = "") -> ModelSource | None:
+    """Train with fastai into a new artifact folder; in a distributed run, processes other than the
+    first train and return None."""
     from fastai.torch_core import set_seed
 
-    options["batch_size"] = options.get("batch_size") or task.default_batch_size
-    rank = process_rank(options)
-    output_dir = new_output_dir(task.name, options.get("output")) if rank == 0 else None
-    set_seed(options["seed"], reproducible=True)
-
-    stage(1, f"loading data for {task.name}")
+    options = task.resolve(options)
+    rank = process_rank(distributed)
+    folder = new_output_dir(task.name, output) if rank == 0 else None
+    set_seed(options.seed, reproducible=True)
+    stage("train", f"loading data for {task.name}", position)
     data = task.prepare_data(options)
     click.echo(f"      {data.source}: " + ", ".join(f"{k}={v}" for k, v in data.summary().items()))
-
-    stage(2, "training (fastai)")
-    learn = task.build_learner(data, options)
-    with distributed_training(learn, options):
-        summary = task.train(learn, options)
+    click.echo("      training (fastai)")
+    built = task.build_learner(data, options)
+    with distributed_training(built.learn, distributed):
+        summary = task.train(built, data)
     if rank != 0:
         click.echo(f"      process {rank}: training done; process 0 exports, checks parity and registers")
         return None
     click.echo("      final: " + ", ".join(f"{k}={v:.4f}" for k, v in summary.final_metrics.items()))
+    write_trained(folder, task, built, data, summary, distributed)
+    click.echo(f"      wrote {folder}: fastai weights, options, training history")
+    return ModelSource(task, built.learn, data, read_record(folder), folder, summary)
 
-    stage(3, f"exporting to ONNX (opset {task.onnx_config.opset}, {task.onnx_config.exporter} exporter)")
+
+def export(source: ModelSource, position: str = "") -> Manifest:
+    """model.onnx and manifest.json in the artifact folder, from the fastai model."""
+    task, learn, folder = source.task, source.learn, source.folder
+    config = task.onnx_config
+    stage("export", f"exporting to ONNX (opset {config.opset}, {config.exporter} exporter)", position)
     module = task.exportable_module(learn)
     example = task.example_inputs(learn)
-    onnx_path = output_dir / MODEL_FILE
-    exporter = export_onnx(module, example, task.onnx_config, onnx_path, progress=click.echo)
+    onnx_path = folder / MODEL_FILE
+    exporter = export_onnx(module, example, config, onnx_path, progress=click.echo)
     click.echo(f"      wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB) with the {exporter} exporter")
-
-    stage(4, "checking parity: PyTorch eval mode vs ONNX Runtime (CPU, the service's session options)")
     session = create_session(onnx_path, provider="cpu")
-    parity = check_parity(task.name, module, session, task.onnx_config, task.parity_cases(learn, data), progress=click.echo)
-    parity.preprocessing = task.check_preprocessing(learn, data)
-    click.echo(
-        f"      serving preprocessing vs fastai: {parity.preprocessing.compared} raw inputs, "
-        f"max abs error {parity.preprocessing.max_abs_error:.2e}"
-    )
-
-    stage(5, f"writing manifest, parity report and Markdown report to {output_dir}")
-    version = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    example_outputs = session.run(None, {name: t.numpy() for name, t in zip(task.onnx_config.input_names, example)})
-    manifest = Manifest(
-        task=task.name,
-        inputs=task.onnx_config.tensor_specs(task.onnx_config.inputs, [tuple(t.shape) for t in example]),
-        outputs=task.onnx_config.tensor_specs(task.onnx_config.outputs, [o.shape for o in example_outputs]),
-        labels=task.labels(learn),
-        preprocessing=task.preprocessing(learn),
+    example_outputs = session.run(None, {name: t.numpy() for name, t in zip(config.input_names, example)})
+    summary = source.summary
+    record = source.record
+    manifest = build_manifest(
+        task.name, config, example, example_outputs, task.labels(learn), task.preprocessing(learn),
         provenance={
-            "data_source": data.source,
-            # The fastai weights stay here, outside the model store: the served Bento carries no pickle.
-            "artifact_dir": str(output_dir.resolve()),
-            "data": data.summary(),
-            "seed": options["seed"],
-            "options": json.loads(json.dumps(options, default=str)),
-            "schedule": summary.schedule,
-            "schedule_reason": summary.schedule_reason,
-            "pretrained": getattr(learn, "pretrained_note", None),
-            "packages": package_versions(),
-            "opset": task.onnx_config.opset,
-            "exporter": exporter,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "source": record["kind"],
+            "data_source": record.get("data_source"),
+            # The fastai weights or learner stay here, outside the model store: the served Bento carries no pickle.
+            "artifact_dir": str(folder.resolve()),
+            "data": record.get("data", {}),
+            "seed": record.get("options", {}).get("seed"),
+            "options": record.get("options", {}),
+            "learner_file": record.get("learner_file"),
+            "schedule": summary.schedule if summary else None,
+            "schedule_reason": summary.schedule_reason if summary else None,
+            "pretrained": source.pretrained_note,
+            "distributed": record.get("distributed", False),
         },
-        metrics={"training": summary.final_metrics, "epochs": summary.epochs, "training_seconds": summary.seconds},
+        metrics={"training": summary.final_metrics, "epochs": summary.epochs, "training_seconds": summary.seconds}
+        if summary else {},
+        exporter=exporter,
     )
-    manifest.write(output_dir)
-    parity.write(output_dir / PARITY_FILE)
-    write_report(output_dir, task.name, version, summary, parity, data.source, task.report_figures(learn, output_dir))
-    task.save_weights(learn, output_dir)
+    manifest.write(folder)
+    (folder / PARITY_FILE).unlink(missing_ok=True)  # a new model.onnx is unverified until verify runs
+    return manifest
 
+
+def verify(source: ModelSource, position: str = "") -> ParityReport:
+    """parity.json (and report.md): PyTorch eval mode against ONNX Runtime on the source's data, and the
+    serving preprocessing against fastai's tensors. Raises a ParityError when parity fails."""
+    task, learn, folder = source.task, source.learn, source.folder
+    onnx_path = folder / MODEL_FILE
+    if not onnx_path.is_file():
+        raise PipelineError(f"{folder} has no {MODEL_FILE}; run `pipelines export {folder}` first")
+    stage("verify", f"checking parity on {source.data.source}: PyTorch eval mode vs ONNX Runtime (CPU, the "
+                    "service's session options)", position)
+    checksum = file_sha256(onnx_path)
+    session = create_session(onnx_path, provider="cpu")
+    module = task.exportable_module(learn)
+    parity = check_parity(task.name, module, session, task.onnx_config, task.parity_cases(learn, source.data),
+                          progress=click.echo)
+    parity.preprocessing = task.check_preprocessing(learn, source.data)
+    parity.data_source, parity.model_sha256 = source.data.source, checksum
+    click.echo(f"      serving preprocessing vs fastai: {parity.preprocessing.compared} raw inputs, "
+               f"max abs error {parity.preprocessing.max_abs_error:.2e}")
+    parity.write(folder / PARITY_FILE)
+    version = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    write_report(folder, task.name, version, source.summary, parity, source.data.source,
+                 task.report_figures(learn, folder) if source.summary else [])
     if not parity.passed:
         click.secho("parity FAILED: " + "; ".join(parity.failures()), fg="red", err=True)
-        click.echo(f"      nothing was registered; the failed export stays in {output_dir} for inspection", err=True)
+        click.echo(f"      nothing can be registered; the failed export stays in {folder} for inspection", err=True)
         parity.raise_for_failure()
+    click.secho(f"      parity passed ({len(parity.cases)} cases); wrote {folder / PARITY_FILE}", fg="green")
+    return parity
 
-    if not options.get("register", True):
-        stage(6, "skipped (--no-register)")
-        return RunResult(output_dir, None, manifest, parity, learn)
-    stage(6, "saving into the BentoML model store")
+
+def register(folder: Path, name: str | None = None, position: str = "") -> str:
+    """The verified model into the BentoML model store as NAME (default: the task's name)."""
     from export.store import register_model  # bentoml's import is only paid when registering
 
+    folder = Path(folder)
+    manifest = Manifest.read(folder) if (folder / "manifest.json").is_file() else None
+    task_name = manifest.task if manifest else read_record(folder)["task"]
+    name = name or task_name
+    stage("register", f"saving {folder} into the BentoML model store as {name!r}", position)
+    metrics = manifest.metrics.get("training", {}) if manifest else {}
     tag = register_model(
-        task.name, output_dir,
-        labels={"task": task.name, "parity": "passed"},
-        metadata={"data_source": data.source, **{k: round(v, 6) for k, v in summary.final_metrics.items()}},
+        name, folder, labels={"task": task_name, "parity": "passed"},
+        metadata={"task": task_name, "data_source": (manifest.provenance.get("data_source") if manifest else "") or "",
+                  **{k: round(v, 6) for k, v in metrics.items() if isinstance(v, (int, float))}},
     )
-    click.secho(f"registered {tag} (now {task.name}:latest)", fg="green")
-    return RunResult(output_dir, tag, manifest, parity, learn)
+    click.secho(f"registered {tag} (now {name}:latest)", fg="green")
+    return tag
+
+
+def train_and_export(task: Task, values: dict) -> RunResult | None:
+    """The four stages in one process; `values` holds the task's options and output, register, name,
+    distributed. In a distributed run, processes other than the first train and return None."""
+    options = task.Options.from_mapping(values)
+    source = train(task, options, values.get("output"), bool(values.get("distributed")), "1/4 ")
+    if source is None:
+        return None
+    manifest = export(source, "2/4 ")
+    parity = verify(source, "3/4 ")
+    folder = source.folder
+    if not values.get("register", True):
+        stage("register", "skipped (--no-register)", "4/4 ")
+        return RunResult(folder, None, manifest, parity, source.learn)
+    tag = register(folder, values.get("name"), "4/4 ")
+    return RunResult(folder, tag, manifest, parity, source.learn)
+
+
+def export_artifact(folder: Path) -> Manifest:
+    return export(load_model_source(folder))
+
+
+def verify_artifact(folder: Path, sample: Path | None = None) -> ParityReport:
+    return verify(load_model_source(folder, sample))

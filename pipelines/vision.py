@@ -38,3 +38,94 @@ def torchvision_arch(arch: str):
     import torchvision.models as tvm
 
     return getattr(tvm, arch)
+
+
+def image_preprocessing(dls):
+    """The serving-side preprocessing of a vision DataLoaders: its validation Resize (if any) and Normalize."""
+    from fastai.vision.all import Normalize, Resize
+
+    from services.manifest import ImagePreprocessing
+
+    normalize = next((t for t in dls.valid.after_batch.fs if isinstance(t, Normalize)), None)
+    if normalize is None:
+        raise PipelineError("the learner's DataLoaders have no Normalize transform; the exporter needs the "
+                            "normalisation statistics the model was trained with")
+    stats = dict(mean=[float(v) for v in normalize.mean.flatten()], std=[float(v) for v in normalize.std.flatten()])
+    resize = next((t for t in dls.valid.after_item.fs if isinstance(t, Resize)), None)
+    if resize is None:
+        return ImagePreprocessing(color_mode="RGB", resize_method="none", **stats)
+    width, height = resize.size  # fastai stores (width, height)
+    return ImagePreprocessing(color_mode="RGB", height=int(height), width=int(width),
+                              resize_method="crop" if resize.method == "crop" else "squish", **stats)
+
+
+def fastai_image_tensors(dls, files) -> list:
+    """fastai's own validation tensors for image files, one (C, H, W) array each: `PILImage.create`, the
+    DataLoaders' `after_item` (Resize, ToTensor) and `after_batch` (IntToFloatTensor, Normalize), the
+    transforms `test_dl` runs. One image at a time: without a Resize the images keep their own sizes."""
+    from fastai.vision.all import PILImage
+
+    return [dls.valid.after_batch(dls.valid.after_item(PILImage.create(f))[None])[0].cpu().float().numpy()
+            for f in files]
+
+
+def served_image_tensor(path, spec) -> "np.ndarray":
+    """What the service makes of an uploaded image file (services/, no fastai)."""
+    from pathlib import Path
+
+    from services.images import decode_image, image_to_tensor
+
+    return image_to_tensor(decode_image(Path(path).read_bytes(), "image", spec.color_mode), spec)
+
+
+def sample_image_files(sample) -> list:
+    """The image files of a `--sample` folder (or one image file)."""
+    from pathlib import Path
+
+    from pipelines.data import IMAGE_EXTENSIONS, image_files
+
+    sample = Path(sample).expanduser()
+    if sample.is_file() and sample.suffix.lower() in IMAGE_EXTENSIONS:
+        return [sample]
+    if not sample.is_dir():
+        raise PipelineError(f"--sample {sample}: expected a folder of images")
+    files = image_files(sample)
+    if not files:
+        raise PipelineError(f"--sample {sample}: no image files found (looked for .jpg, .jpeg, .png and others)")
+    return files
+
+
+def read_image_pairs(sample):
+    """Image pairs of a Siamese `--sample`: a CSV with `image_a,image_b` columns (paths relative to the
+    CSV's folder; an optional `same` column of true/false gives accuracy), or a folder of images paired
+    in name order. Returns (pairs, same-or-None)."""
+    from pathlib import Path
+
+    import numpy as np
+
+    sample = Path(sample).expanduser()
+    if sample.suffix.lower() in (".csv", ".tsv"):
+        import pandas as pd
+
+        if not sample.is_file():
+            raise PipelineError(f"--sample {sample}: no such file")
+        frame = pd.read_csv(sample, sep=None, engine="python")
+        missing = [c for c in ("image_a", "image_b") if c not in frame.columns]
+        if missing:
+            raise PipelineError(f"--sample {sample}: lacks the column(s) {', '.join(missing)} "
+                                f"(columns: {', '.join(map(str, frame.columns))})")
+        pairs = [(sample.parent / str(a), sample.parent / str(b)) for a, b in zip(frame["image_a"], frame["image_b"])]
+        absent = [str(p) for pair in pairs for p in pair if not p.is_file()]
+        if absent:
+            raise PipelineError(f"--sample {sample}: {len(absent)} image file(s) not found, e.g. {absent[0]}")
+        same = None
+        if "same" in frame.columns:
+            same = np.array([str(v).strip().lower() in ("1", "true", "yes", "same") for v in frame["same"]], dtype=np.int64)
+    else:
+        files = sample_image_files(sample)
+        if len(files) < 2:
+            raise PipelineError(f"--sample {sample}: a Siamese sample needs at least 2 images")
+        pairs, same = list(zip(files[0::2], files[1::2])), None
+    if not pairs:
+        raise PipelineError(f"--sample {sample}: no image pairs")
+    return pairs, same

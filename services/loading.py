@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -44,6 +43,26 @@ def model_tag(task: str) -> str:
     return os.environ.get(f"{task.upper()}_MODEL_TAG", f"{task}:latest")
 
 
+class WrongTaskError(RuntimeError):
+    """The model a service was given is of another task."""
+
+
+def pinned_model(task: str):
+    """The BentoML model reference a task's services pin (`model_tag`). Where the model is already in
+    the store, its manifest is checked at import, in `bentoml serve`'s own process, so that a model of
+    another task stops the start with one message instead of failing every worker."""
+    import bentoml
+
+    model = bentoml.models.BentoModel(model_tag(task))
+    stored = model.stored
+    if stored is not None:
+        found = Manifest.read(Path(stored.path)).task
+        if found != task:
+            raise WrongTaskError(f"model {stored.tag} is a {found!r} model; the {task} service serves {task!r} "
+                                 f"models (set {task.upper()}_MODEL_TAG to one)")
+    return model
+
+
 @dataclass
 class ServedModel:
     tag: str
@@ -60,7 +79,7 @@ class ServedModel:
     def load(cls, tag: str, folder: Path, expected_task: str) -> "ServedModel":
         manifest = Manifest.read(folder)
         if manifest.task != expected_task:
-            raise RuntimeError(f"model {tag} is a {manifest.task!r} model, this service serves {expected_task!r}")
+            raise WrongTaskError(f"model {tag} is a {manifest.task!r} model, this service serves {expected_task!r}")
         session = create_session(Path(folder) / MODEL_FILE, provider=configured_provider(), threads=configured_threads())
         provider = session.get_providers()[0]
         logger.info("serving %s with ONNX Runtime provider %s", tag, provider)
@@ -87,64 +106,39 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     return exp / exp.sum(axis=axis, keepdims=True)
 
 
-# Tasks whose inference endpoint batches concurrent calls (BentoML adaptive batching) unless
-# PIPELINES_BATCHING says otherwise; chosen by benchmarks/bench_serving.py (README, results log).
-BATCHING_BY_DEFAULT: tuple[str, ...] = ()
-BATCHABLE_TASKS = ("siamese", "text", "tabular")
-# BentoML recycles the connection to a dependency after 100 requests or 300 s by default, closing the
-# session under calls still in flight (reported to break calls between services under load; not
-# reproduced here, README's results log); a task service keeps its connection open instead.
-RUNNER_CONNECTION = {"max_requests": 1_000_000_000, "max_age": 1e9}
-
-
-def batching_enabled(task: str) -> bool:
-    """Whether `task`'s inference endpoint is batchable: PIPELINES_BATCHING is `auto` (the measured
-    default), `none`, `all`, or a comma-separated list of tasks."""
-    raw = os.environ.get("PIPELINES_BATCHING", "auto").strip().lower()
-    if raw == "auto":
-        chosen = set(BATCHING_BY_DEFAULT)
-    elif raw == "none":
-        chosen = set()
-    elif raw == "all":
-        chosen = set(BATCHABLE_TASKS)
-    else:
-        chosen = {name.strip() for name in raw.split(",") if name.strip()}
-        unknown = chosen - set(BATCHABLE_TASKS)
-        if unknown:
-            raise ValueError(f"PIPELINES_BATCHING names {', '.join(sorted(unknown))}; batchable tasks are "
-                             f"{', '.join(BATCHABLE_TASKS)} (or auto, none, all)")
-    return task in chosen
-
-
 class TaskHandler:
-    """Turns requests into model inputs and model outputs into responses, around the task's inference
-    endpoint, which runs in this process (a task service, or the one-process Bento) or in the task
-    service's own process (a `bentoml.depends` dependency of the composed Bento).
+    """One task's request handling in the serving process: request -> model inputs -> ONNX Runtime ->
+    response. The task service and the all-models Bento both answer through it.
 
-    Subclasses name that endpoint in `INFER` and add the request methods.
+    Subclasses set `task`, and add `infer` (model inputs to outputs) and the request methods.
     """
 
-    INFER: str = ""
+    task: str = ""
 
-    def __init__(self, manifest: Manifest, tag: str, infer: Callable, describe: Callable[[], dict]):
-        self.manifest = manifest
-        self.spec = manifest.preprocessing
-        self.tag = tag
-        self.infer = infer
-        self.describe = describe
-
-    @classmethod
-    def local(cls, service: Any) -> "TaskHandler":
-        """Around a task service instance in this process (its `model`, inference method and model_info)."""
-        return cls(service.model.manifest, service.model.tag, getattr(service, cls.INFER), service.model_info)
+    def __init__(self, model: ServedModel):
+        self.model = model
+        self.manifest = model.manifest
+        self.spec = model.manifest.preprocessing
+        self.tag = model.tag
+        self.provider = model.provider
 
     @classmethod
-    def remote(cls, stored_model: Any, dependency: Any) -> "TaskHandler":
-        """Around a dependency: the manifest from the pinned model, inference and info over its API."""
-        # Through `call`: the proxy's endpoint attributes exist only once BentoML has connected it.
-        return cls(Manifest.read(Path(stored_model.path)), str(stored_model.tag),
-                   functools.partial(dependency.call, cls.INFER), functools.partial(dependency.call, "model_info"))
+    def from_store(cls, stored) -> "TaskHandler":
+        """From the BentoML stored model a service's `bentoml.models.BentoModel` attribute resolves to;
+        refuses a model of another task, naming both."""
+        return cls(ServedModel.from_store(stored, cls.task))
 
-    @functools.cached_property
-    def provider(self) -> str:
-        return self.describe()["provider"]
+    def describe(self) -> dict:
+        """The model version, provider, inputs, outputs, labels and training metrics (`/model_info`, `/models`)."""
+        return self.model.info()
+
+
+@dataclass(frozen=True)
+class ServedTask:
+    """One task's serving side, as the registry (services/registry.py) lists it."""
+
+    name: str
+    model: Any  # the bentoml.models.BentoModel the services pin at build
+    handler: type[TaskHandler]
+    endpoints: type  # a mixin of the task's public endpoints under /<task>/, for the all-models Bento
+    service: Any  # the single-task BentoML service (bentofile.<task>.yaml)

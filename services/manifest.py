@@ -15,6 +15,10 @@ REPORT_FILE = "report.md"
 SCHEMA_VERSION = 1
 
 
+class ManifestVersionError(ValueError):
+    """A manifest written by another release, with another schema version."""
+
+
 class TensorSpec(BaseModel):
     """One ONNX input or output; symbolic dimensions are named strings ("batch", "height")."""
 
@@ -113,4 +117,12 @@ class Manifest(BaseModel):
     @classmethod
     def read(cls, folder: Path) -> "Manifest":
         path = Path(folder) / MANIFEST_FILE
-        return cls.model_validate(json.loads(path.read_text()))
+        data = json.loads(path.read_text())
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        if version != SCHEMA_VERSION:
+            raise ManifestVersionError(
+                f"{path} has manifest schema version {version}, this release reads version {SCHEMA_VERSION}: "
+                + ("export the model again with this release (`pipelines export`)" if (version or 0) < SCHEMA_VERSION
+                   else "upgrade fastai-onnx-pipelines to serve it")
+            )
+        return cls.model_validate(data)

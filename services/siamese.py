@@ -8,24 +8,29 @@ import bentoml
 import numpy as np
 
 from services.images import image_to_tensor
-from services.loading import RUNNER_CONNECTION, ServedModel, TaskHandler
-from services.loading import batching_enabled, check_provider_configuration, model_tag, softmax
+from services.loading import ServedTask, TaskHandler, check_provider_configuration, pinned_model, softmax
 from services.schemas import SiamesePrediction
 from services.uploads import read_upload
 
 TASK = "siamese"
 check_provider_configuration()
+MODEL = pinned_model(TASK)
 
 
 class SiameseHandler(TaskHandler):
-    INFER = "compare_pairs"
+    task = TASK
+
+    def infer(self, pairs: np.ndarray) -> np.ndarray:
+        """Preprocessed pairs (N, 2, C, H, W) to class probabilities."""
+        names = self.manifest.input_names()
+        return softmax(self.model.run({name: np.ascontiguousarray(pairs[:, i]) for i, name in enumerate(names)}))
 
     def predict(self, image_a: Path, image_b: Path) -> SiamesePrediction:
         pair = np.stack([
             image_to_tensor(read_upload(image_a, "image_a", self.spec.color_mode), self.spec),
             image_to_tensor(read_upload(image_b, "image_b", self.spec.color_mode), self.spec),
         ])
-        probabilities = np.asarray(self.infer(pair[None]))[0]
+        probabilities = self.infer(pair[None])[0]
         labels = self.manifest.labels
         same_index = labels.index("same")
         return SiamesePrediction(
@@ -37,19 +42,21 @@ class SiameseHandler(TaskHandler):
         )
 
 
-@bentoml.service(name="siamese", traffic={"timeout": 60}, runner_connection=RUNNER_CONNECTION)
+class SiameseEndpoints:
+    """The public endpoints in the all-models Bento (services/pipelines.py)."""
+
+    @bentoml.api(route="/siamese/predict")
+    def siamese_predict(self, image_a: Path, image_b: Path) -> SiamesePrediction:
+        """Siamese: are the two images (multipart files `image_a`, `image_b`) of the same class?"""
+        return self.handlers[TASK].predict(image_a, image_b)
+
+
+@bentoml.service(name="siamese", traffic={"timeout": 60})
 class SiameseService:
-    model_ref = bentoml.models.BentoModel(model_tag(TASK))
+    model_ref = MODEL
 
     def __init__(self) -> None:
-        self.model = ServedModel.from_store(self.model_ref, TASK)
-        self.handler = SiameseHandler.local(self)
-
-    @bentoml.api(batchable=batching_enabled(TASK), max_batch_size=64)
-    def compare_pairs(self, pairs: np.ndarray) -> np.ndarray:
-        """Internal (used by the all-models Bento): preprocessed pairs (N, 2, C, H, W) to class probabilities."""
-        names = self.model.manifest.input_names()
-        return softmax(self.model.run({name: np.ascontiguousarray(pairs[:, i]) for i, name in enumerate(names)}))
+        self.handler = SiameseHandler.from_store(self.model_ref)
 
     @bentoml.api
     def predict(self, image_a: Path, image_b: Path) -> SiamesePrediction:
@@ -59,4 +66,7 @@ class SiameseService:
     @bentoml.api
     def model_info(self) -> dict:
         """The model version, the ONNX Runtime provider in use, input/output specs and training metrics."""
-        return self.model.info()
+        return self.handler.describe()
+
+
+SERVED = ServedTask(TASK, MODEL, SiameseHandler, SiameseEndpoints, SiameseService)

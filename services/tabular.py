@@ -14,8 +14,7 @@ import numpy as np
 from bentoml.exceptions import InvalidArgument
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, create_model
 
-from services.loading import RUNNER_CONNECTION, ServedModel, TaskHandler
-from services.loading import batching_enabled, check_provider_configuration, model_tag, softmax
+from services.loading import ServedTask, TaskHandler, check_provider_configuration, pinned_model, softmax
 from services.manifest import Manifest, TabularPreprocessing
 from services.schemas import TabularPrediction, TabularResponse
 from services.tabular_preprocessing import RecordError, encode_records
@@ -23,7 +22,7 @@ from services.tabular_preprocessing import RecordError, encode_records
 TASK = "tabular"
 check_provider_configuration()
 MAX_RECORDS = int(os.environ.get("TABULAR_MAX_RECORDS", "4096"))
-MODEL = bentoml.models.BentoModel(model_tag(TASK))
+MODEL = pinned_model(TASK)
 # Strict: JSON numbers (integers too), never strings that look like numbers.
 Number = StrictFloat
 
@@ -63,8 +62,17 @@ _SPEC = registered_spec()
 Record = record_model(_SPEC) if _SPEC is not None else dict[str, Any]
 
 
+Records = Annotated[list[Record], Field(min_length=1, max_length=MAX_RECORDS)]
+
+
 class TabularHandler(TaskHandler):
-    INFER = "score_features"
+    task = TASK
+
+    def infer(self, x_cat: np.ndarray, x_cont: np.ndarray) -> np.ndarray:
+        """Encoded records (category codes, normalised continuous values) to class probabilities, or to
+        values for a regression model."""
+        outputs = self.model.run({"x_cat": x_cat, "x_cont": x_cont})
+        return outputs if self.spec.target_type == "regression" else softmax(outputs)
 
     def predict(self, records: list) -> TabularResponse:
         rows = [r.model_dump(by_alias=True) if isinstance(r, BaseModel) else r for r in records]
@@ -72,9 +80,7 @@ class TabularHandler(TaskHandler):
             x_cat, x_cont = encode_records(rows, self.spec)
         except RecordError as error:
             raise InvalidArgument(str(error)) from None
-        # One float64 matrix, so that concurrent requests can be batched along its rows: category codes
-        # and float32 values are both exact in float64.
-        outputs = np.asarray(self.infer(np.hstack([x_cat.astype(np.float64), x_cont.astype(np.float64)])))
+        outputs = self.infer(x_cat, x_cont)
         labels = self.manifest.labels
         if self.spec.target_type == "regression":
             predictions = [TabularPrediction(prediction=float(value)) for value in outputs[:, 0]]
@@ -86,36 +92,36 @@ class TabularHandler(TaskHandler):
             ]
         return TabularResponse(predictions=predictions, model=self.tag, provider=self.provider)
 
+    def describe(self) -> dict:
+        return {**super().describe(), "cat_names": self.spec.cat_names, "cont_names": self.spec.cont_names,
+                "fill_values": self.spec.fill_values, "target": self.spec.target, "target_type": self.spec.target_type}
 
-@bentoml.service(name="tabular", traffic={"timeout": 60}, runner_connection=RUNNER_CONNECTION)
+
+class TabularEndpoints:
+    """The public endpoints in the all-models Bento (services/pipelines.py)."""
+
+    @bentoml.api(route="/tabular/predict")
+    def tabular_predict(self, records: Records) -> TabularResponse:
+        """Tabular: a prediction for each record (JSON objects keyed by column name)."""
+        return self.handlers[TASK].predict(records)
+
+
+@bentoml.service(name="tabular", traffic={"timeout": 60})
 class TabularService:
     model_ref = MODEL
 
     def __init__(self) -> None:
-        self.model = ServedModel.from_store(self.model_ref, TASK)
-        self.spec: TabularPreprocessing = self.model.manifest.preprocessing
-        self.handler = TabularHandler.local(self)
-
-    @bentoml.api(batchable=batching_enabled(TASK), max_batch_size=MAX_RECORDS)
-    def score_features(self, features: np.ndarray) -> np.ndarray:
-        """Internal (used by the all-models Bento): encoded records (category codes, then normalised
-        continuous values) to class probabilities, or to values for a regression model."""
-        n_cat = len(self.spec.x_cat_columns)
-        outputs = self.model.run({
-            "x_cat": np.ascontiguousarray(features[:, :n_cat], dtype=np.int64),
-            "x_cont": np.ascontiguousarray(features[:, n_cat:], dtype=np.float32),
-        })
-        return outputs if self.spec.target_type == "regression" else softmax(outputs)
+        self.handler = TabularHandler.from_store(self.model_ref)
 
     @bentoml.api
-    def predict(
-        self, records: Annotated[list[Record], Field(min_length=1, max_length=MAX_RECORDS)]
-    ) -> TabularResponse:
+    def predict(self, records: Records) -> TabularResponse:
         """Predict for one or many records (JSON objects keyed by column name)."""
         return self.handler.predict(records)
 
     @bentoml.api
     def model_info(self) -> dict:
         """The model version, the ONNX Runtime provider in use, the columns and training metrics."""
-        return {**self.model.info(), "cat_names": self.spec.cat_names, "cont_names": self.spec.cont_names,
-                "fill_values": self.spec.fill_values, "target": self.spec.target, "target_type": self.spec.target_type}
+        return self.handler.describe()
+
+
+SERVED = ServedTask(TASK, MODEL, TabularHandler, TabularEndpoints, TabularService)

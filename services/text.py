@@ -15,24 +15,30 @@ import numpy as np
 from bentoml.exceptions import InvalidArgument
 from pydantic import Field
 
-from services.loading import RUNNER_CONNECTION, ServedModel, TaskHandler
-from services.loading import batching_enabled, check_provider_configuration, model_tag, softmax
+from services.loading import ServedTask, TaskHandler, check_provider_configuration, pinned_model, softmax
 from services.schemas import TextPrediction, TextResponse
 from services.text_preprocessing import Numericalizer, batch_ids, tokenize
 
 TASK = "text"
 check_provider_configuration()
+MODEL = pinned_model(TASK)
 MAX_CHARS = int(os.environ.get("TEXT_MAX_CHARS", "100000"))
 MAX_TEXTS = int(os.environ.get("TEXT_MAX_BATCH", "64"))
+Texts = Annotated[list[str], Field(min_length=1, max_length=MAX_TEXTS)]
 
 
 class TextHandler(TaskHandler):
-    INFER = "score_token_ids"
+    task = TASK
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.numericalize = Numericalizer(self.spec)
         tokenize("warm up the tokenizer", self.spec)
+
+    def infer(self, ids: list[list[int]]) -> np.ndarray:
+        """Token ids of each text to its class probabilities."""
+        tokens, lengths = batch_ids(ids, self.spec.pad_index)
+        return softmax(self.model.run({"tokens": tokens, "lengths": lengths}))
 
     def classify(self, texts: list[str]) -> TextResponse:
         for index, text in enumerate(texts):
@@ -51,21 +57,30 @@ class TextHandler(TaskHandler):
         ]
         return TextResponse(predictions=predictions, model=self.tag, provider=self.provider)
 
+    def describe(self) -> dict:
+        return {**super().describe(), "vocab_size": len(self.spec.vocab), "max_len": self.spec.max_len}
 
-@bentoml.service(name="text", traffic={"timeout": 120}, runner_connection=RUNNER_CONNECTION)
+
+class TextEndpoints:
+    """The public endpoints in the all-models Bento (services/pipelines.py)."""
+
+    @bentoml.api(route="/text/classify")
+    def text_classify(self, text: str) -> TextResponse:
+        """Text: classify one text."""
+        return self.handlers[TASK].classify([text])
+
+    @bentoml.api(route="/text/classify_batch")
+    def text_classify_batch(self, texts: Texts) -> TextResponse:
+        """Text: classify several texts; each gets the answer it would get alone."""
+        return self.handlers[TASK].classify(texts)
+
+
+@bentoml.service(name="text", traffic={"timeout": 120})
 class TextService:
-    model_ref = bentoml.models.BentoModel(model_tag(TASK))
+    model_ref = MODEL
 
     def __init__(self) -> None:
-        self.model = ServedModel.from_store(self.model_ref, TASK)
-        self.spec = self.model.manifest.preprocessing
-        self.handler = TextHandler.local(self)
-
-    @bentoml.api(batchable=batching_enabled(TASK), max_batch_size=MAX_TEXTS)
-    def score_token_ids(self, ids: list[list[int]]) -> list[list[float]]:
-        """Internal (used by the all-models Bento): token ids of each text to its class probabilities."""
-        tokens, lengths = batch_ids(ids, self.spec.pad_index)
-        return softmax(self.model.run({"tokens": tokens, "lengths": lengths})).tolist()
+        self.handler = TextHandler.from_store(self.model_ref)
 
     @bentoml.api
     def classify(self, text: str) -> TextResponse:
@@ -73,11 +88,14 @@ class TextService:
         return self.handler.classify([text])
 
     @bentoml.api
-    def classify_batch(self, texts: Annotated[list[str], Field(min_length=1, max_length=MAX_TEXTS)]) -> TextResponse:
+    def classify_batch(self, texts: Texts) -> TextResponse:
         """Classify several texts at once; each gets the same answer it would get alone."""
         return self.handler.classify(texts)
 
     @bentoml.api
     def model_info(self) -> dict:
         """The model version, the ONNX Runtime provider in use, labels, vocabulary size and metrics."""
-        return {**self.model.info(), "vocab_size": len(self.spec.vocab), "max_len": self.spec.max_len}
+        return self.handler.describe()
+
+
+SERVED = ServedTask(TASK, MODEL, TextHandler, TextEndpoints, TextService)

@@ -12,12 +12,13 @@ import numpy as np
 from PIL import Image
 
 from services.images import image_to_tensor
-from services.loading import RUNNER_CONNECTION, ServedModel, TaskHandler, check_provider_configuration, model_tag
+from services.loading import ServedTask, TaskHandler, check_provider_configuration, pinned_model
 from services.schemas import ClassCoverage, SegmentationSummary
 from services.uploads import read_upload
 
 TASK = "unet"
 check_provider_configuration()
+MODEL = pinned_model(TASK)
 
 
 def palette(count: int) -> np.ndarray:
@@ -29,18 +30,23 @@ def palette(count: int) -> np.ndarray:
 
 
 class UnetHandler(TaskHandler):
-    INFER = "class_mask"
+    task = TASK
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.colours = palette(len(self.manifest.labels))
+
+    def infer(self, image: np.ndarray) -> np.ndarray:
+        """One preprocessed image (1, C, H, W) to its class mask (H, W)."""
+        logits = self.model.run({self.manifest.input_names()[0]: image})
+        return logits[0].argmax(axis=0).astype(np.uint8)
 
     def read(self, image: Path) -> Image.Image:
         return read_upload(image, "image", self.spec.color_mode)
 
     def mask_of(self, image: Image.Image) -> np.ndarray:
         """Class index per pixel at the image's own size."""
-        mask = np.asarray(self.infer(image_to_tensor(image, self.spec)[None]))
+        mask = self.infer(image_to_tensor(image, self.spec)[None])
         if mask.shape != (image.height, image.width):  # the model saw a resized image: map the mask back
             mask = np.asarray(Image.fromarray(mask).resize(image.size, Image.NEAREST))
         return mask
@@ -64,20 +70,31 @@ class UnetHandler(TaskHandler):
         return Image.fromarray(painted.round().astype(np.uint8))
 
 
-@bentoml.service(name="unet", traffic={"timeout": 120}, runner_connection=RUNNER_CONNECTION)
+class UnetEndpoints:
+    """The public endpoints in the all-models Bento (services/pipelines.py)."""
+
+    @bentoml.api(route="/unet/segment")
+    def unet_segment(self, image: Path) -> Image.Image:
+        """U-Net: the class mask as a greyscale PNG of the upload's size (pixel value = class index)."""
+        return self.handlers[TASK].segment(image)
+
+    @bentoml.api(route="/unet/summary")
+    def unet_summary(self, image: Path) -> SegmentationSummary:
+        """U-Net: class names with their pixel counts and coverage."""
+        return self.handlers[TASK].summary(image)
+
+    @bentoml.api(route="/unet/overlay")
+    def unet_overlay(self, image: Path) -> Image.Image:
+        """U-Net: the upload with each class painted in its own colour."""
+        return self.handlers[TASK].overlay(image)
+
+
+@bentoml.service(name="unet", traffic={"timeout": 120})
 class UnetService:
-    model_ref = bentoml.models.BentoModel(model_tag(TASK))
+    model_ref = MODEL
 
     def __init__(self) -> None:
-        self.model = ServedModel.from_store(self.model_ref, TASK)
-        self.handler = UnetHandler.local(self)
-
-    @bentoml.api
-    def class_mask(self, image: np.ndarray) -> np.ndarray:
-        """Internal (used by the all-models Bento): one preprocessed image (1, C, H, W) to its class
-        mask (H, W). Never batched: uploads differ in size, and one image is already a full batch of work."""
-        logits = self.model.run({self.model.manifest.input_names()[0]: image})
-        return logits[0].argmax(axis=0).astype(np.uint8)
+        self.handler = UnetHandler.from_store(self.model_ref)
 
     @bentoml.api
     def segment(self, image: Path) -> Image.Image:
@@ -97,4 +114,7 @@ class UnetService:
     @bentoml.api
     def model_info(self) -> dict:
         """The model version, the ONNX Runtime provider in use, input/output specs, labels, metrics."""
-        return self.model.info()
+        return self.handler.describe()
+
+
+SERVED = ServedTask(TASK, MODEL, UnetHandler, UnetEndpoints, UnetService)

@@ -1,11 +1,10 @@
-"""The deployable Bento (bentofile.yaml, all four models) and its GPU variant: `bentoml build`, the
-container build context, the built Bento served for real and called through the typed client, the
-composed variant with adaptive batching, and the GPU Bento refusing to start without CUDA."""
+"""The deployable Bento (bentofile.yaml, every registered model) and its GPU variant: `bentoml build`, the
+container build context, the built Bento served for real and called through the typed client, and the
+GPU Bento refusing to start without CUDA."""
 
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import bentoml
 import numpy as np
@@ -14,10 +13,11 @@ import yaml
 from PIL import Image
 
 from services.client import PipelinesClient, PipelinesRequestError
+from services.registry import SERVED_TASKS
 from tests.helpers import BENTOML, REPO, bentoml_server, build_bento, check_container_context, free_port
 
 pytestmark = pytest.mark.slow
-TASKS = ("siamese", "unet", "text", "tabular")
+TASKS = tuple(SERVED_TASKS)
 PENGUIN = {"island": "Biscoe", "bill_length_mm": 48.6, "bill_depth_mm": 16.0, "flipper_length_mm": 230,
            "body_mass_g": 5800, "sex": "male", "year": 2009}
 
@@ -151,42 +151,21 @@ def test_bad_input_is_a_400_naming_the_problem_and_the_bento_keeps_serving(serve
         assert client.predict_records([PENGUIN]).predictions[0].prediction in {"Adelie", "Chinstrap", "Gentoo"}
 
 
-def test_composed_bento_with_adaptive_batching_answers_as_the_one_process_bento(served_bento, runs, tmp_path):
-    """The entry service + task services variant, every batchable endpoint batching, under concurrent
-    clients (so batches really merge requests), answers exactly what the one-process Bento answers."""
-    _, siamese = runs["siamese"]
-    images = sorted(siamese.learn.dls.valid.items)[:8]
-    texts = [f"{'tasty fresh ' * n}but {'stale ' * (7 - n)}" for n in range(8)]
-    records = [{**PENGUIN, "bill_length_mm": 35.0 + 2 * n} for n in range(8)]
+def test_every_registered_route_is_served_and_has_a_client_method():
+    """The all-models service is assembled from the serving registry; the client covers every route."""
+    import inspect
 
-    def answers(url):
-        def one(n):
-            with PipelinesClient(url) as client:
-                return (client.compare(images[n], images[-1 - n]).probabilities,
-                        client.classify(texts[n]).predictions[0].probabilities,
-                        client.predict_records([records[n]]).predictions[0].probabilities)
+    import services.client
+    from services.pipelines import Pipelines
+    from services.registry import SERVED_TASKS
 
-        with ThreadPoolExecutor(8) as pool:
-            return list(pool.map(one, range(8)))
-
-    expected = answers(served_bento)
-    env = {"PIPELINES_PROVIDER": "cpu", "PIPELINES_BATCHING": "all", "PIPELINES_MAX_UPLOAD_MB": "0.05"}
-    with bentoml_server("services.pipelines:ComposedPipelines", env=env, timeout=120) as url:
-        composed = answers(url)
-        with PipelinesClient(url) as client:
-            with pytest.raises(PipelinesRequestError) as raised:
-                client.classify("")
-            assert raised.value.status == 400 and "text: the text is empty" in raised.value.message
-            mask = client.segment(Image.new("RGB", (40, 30), (200, 10, 10)))
-            assert mask.size == (40, 30)
-            noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8))
-            with pytest.raises(PipelinesRequestError) as raised:  # over the configured 0.05 MB
-                client.segment(noise)
-            assert raised.value.status == 400 and "bytes, more than 52,428" in raised.value.message
-    for got, want in zip(composed, expected):
-        for got_part, want_part in zip(got, want):
-            assert got_part.keys() == want_part.keys()
-            assert max(abs(got_part[k] - want_part[k]) for k in want_part) <= 1e-5
+    routes = {api.route for api in Pipelines.apis.values()}
+    assert {route.split("/")[1] for route in routes} == {*SERVED_TASKS, "models"}
+    client_source = inspect.getsource(services.client)
+    assert all(f'"{route}"' in client_source for route in routes), routes
+    task_services = {served.service.name for served in SERVED_TASKS.values()}
+    assert task_services == set(SERVED_TASKS)
+    assert not [route for route in routes if route.split("/")[-1] in {"compare_pairs", "class_mask", "score_token_ids"}]
 
 
 def test_python_client_needs_no_server_side_packages():

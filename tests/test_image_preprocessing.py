@@ -49,7 +49,7 @@ def siamese_dls(digits_folder):
 
     task = get_task("siamese")
     options = dict(TINY_SIAMESE_OPTIONS, data=str(digits_folder), image_size=48)
-    return task, task.prepare_data(options).dls
+    return task, task.prepare_data(task.resolve(task.Options.from_mapping(options))).dls
 
 
 def test_serving_tensors_equal_fastai_test_dl(siamese_dls, tmp_path):

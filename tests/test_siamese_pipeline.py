@@ -11,6 +11,7 @@ import pytest
 from export.errors import ShapeMismatchError, ToleranceExceededError
 from export.onnx_export import export_onnx
 from export.parity import ParityCase, check_parity, compare_case
+from pipelines.tasks.base import PreparedData
 from services.manifest import MODEL_FILE, Manifest
 from services.runtime import create_session
 
@@ -91,7 +92,7 @@ def test_tampered_export_fails_parity_with_a_typed_error(siamese_run, tmp_path):
     onnx.save(model, str(tampered))
     session = create_session(tampered, "cpu")
     report = check_parity("siamese", task.exportable_module(result.learn), session, task.onnx_config,
-                          task.parity_cases(result.learn, None)[:3])
+                          task.parity_cases(result.learn, PreparedData(None, "validation"))[:3])
     assert not report.passed
     with pytest.raises(ToleranceExceededError):
         report.raise_for_failure()
@@ -118,6 +119,7 @@ def test_torchscript_exporter_fallback_also_passes_parity(siamese_run, tmp_path)
     path = tmp_path / "model.onnx"
     module = task.exportable_module(result.learn)
     assert export_onnx(module, task.example_inputs(result.learn), config, path) == "torchscript"
-    report = check_parity("siamese", module, create_session(path, "cpu"), config, task.parity_cases(result.learn, None))
+    cases = task.parity_cases(result.learn, PreparedData(None, "validation"))
+    report = check_parity("siamese", module, create_session(path, "cpu"), config, cases)
     assert report.passed, report.failures()
     assert report.cases[-1].input_shapes["image_a"] == [3, 3, 72, 88]

@@ -75,7 +75,7 @@ def test_serving_tensors_equal_fastai_test_dl(unet_run, tmp_path):
     for name, data in raw_images().items():
         path = tmp_path / name
         path.write_bytes(data)
-        expected = task.fastai_image_tensor(result.learn.dls, path)
+        expected = result.learn.dls.test_dl([path], bs=1).one_batch()[0][0].cpu().float().numpy()
         served = image_to_tensor(decode_image(data, "image"), spec)
         assert served.shape == expected.shape, name
         np.testing.assert_allclose(served, expected, atol=1e-6, rtol=0, err_msg=name)

@@ -1,21 +1,92 @@
-"""The task spec: everything about one task in one place (DESIGN.md, "one task, one spec")."""
+"""The task spec: everything about one task in one place (DESIGN.md, "one task, one spec").
+
+A task declares its options as a dataclass (`Task.Options`), from which the CLI options are generated
+and which `pipelines train` writes into the artifact; its data sources and fastai recipe; how it
+recognises a Learner a user brings; its ONNX config, export wrapper, parity cases and manifest
+preprocessing. What every task does the same way lives here once: the preprocessing check, the
+pretrained/from-scratch schedule choice, and rebuilding a trained model from an artifact.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterable
 
 import click
+import numpy as np
 
 from export.config import OnnxConfig
 from export.parity import ParityCase, PreprocessingCheck
 from export.report import TrainingSummary
+from pipelines.errors import PipelineError
+from pipelines.training import TrainingHistory
+
+WEIGHTS_FILE = "fastai_weights.pth"
+
+
+def option(default: Any, help: str, *, choices: Iterable[str] | None = None, type: Any = None,
+           flag: bool = False, show_default: bool = True) -> Any:
+    """A dataclass field that is also a CLI option: `--field-name`, with this help and type."""
+    return field(default=default, metadata={
+        "help": help, "choices": tuple(choices) if choices else None, "type": type, "flag": flag,
+        "show_default": show_default and default is not None,
+    })
+
+
+@dataclass
+class TaskOptions:
+    """Options every task has; each task's `Options` subclass adds its own."""
+
+    epochs: int | None = option(None, "Training epochs [default: the task's, printed with the schedule].",
+                                type=click.IntRange(1))
+    lr: float | None = option(None, "Base learning rate for fit_one_cycle [default: the task's].",
+                              type=click.FloatRange(min=0, min_open=True))
+    batch_size: int | None = option(None, "Batch size [default: the task's: 64, or 8 for unet as the book].",
+                                    type=click.IntRange(1))
+    seed: int = option(42, "Seed for splits, pairs and weights.", type=int)
+
+    @classmethod
+    def from_mapping(cls, values: dict) -> "TaskOptions":
+        """The options among `values` (CLI keywords, or a saved options.json); other keys are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        # JSON has no tuples: options like (low, high) come back from options.json as lists
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def click_options(options_class: type[TaskOptions]) -> list[click.Option]:
+    """The CLI options of a task's options dataclass: task-specific ones first, then the common ones."""
+    common = {f.name for f in dataclasses.fields(TaskOptions)}
+    fields = sorted(dataclasses.fields(options_class), key=lambda f: f.name in common)
+    result = []
+    for f in fields:
+        meta = f.metadata
+        name = "--" + f.name.replace("_", "-")
+        kwargs = dict(default=f.default, help=meta.get("help"), show_default=meta.get("show_default", False))
+        if meta.get("flag"):
+            result.append(click.Option([f"{name}/--no-{name[2:]}"], **kwargs))
+            continue
+        if meta.get("choices"):
+            kwargs["type"] = click.Choice(meta["choices"])
+        elif meta.get("type") is not None:
+            kwargs["type"] = meta["type"]
+        result.append(click.Option([name], **kwargs))
+    return result
 
 
 @dataclass
 class PreparedData:
+    """The data a model is trained on or checked against.
+
+    For a trained model it is the training data with its validation split; for a Learner a user brings
+    it is the user's `--sample` (no training split; `targets_known` says whether labels came with it).
+    """
+
     dls: Any
     source: str  # how a human would name the data: "digits (embedded, 1797 images)"
     details: dict = field(default_factory=dict)  # counts for people, and objects (file lists, frames) for the task
@@ -25,32 +96,121 @@ class PreparedData:
         return {k: v for k, v in self.details.items() if isinstance(v, (str, int, float, bool))}
 
 
-def valid_data_option() -> click.Option:
+@dataclass
+class BuiltLearner:
+    """What `Task.build_learner` made: the Learner, whether its body starts from pretrained weights and
+    why, and the options as resolved (defaults that depend on the data or on the weights filled in)."""
+
+    learn: Any
+    options: TaskOptions
+    pretrained: bool = False
+    pretrained_note: str = "trained from scratch"
+    extras: dict = field(default_factory=dict)  # task-specific objects training needs (e.g. a language model's data)
+
+    def with_options(self, **changes) -> "BuiltLearner":
+        return dataclasses.replace(self, options=dataclasses.replace(self.options, **changes))
+
+
+@dataclass
+class PreprocessingProbe:
+    """One raw input: the tensor the serving code makes from it and the one fastai makes."""
+
+    name: str
+    served: np.ndarray
+    fastai: np.ndarray
+
+
+def valid_data_option(help_text: str = "A second file with the same columns used as the validation set "
+                                       "[default: a random 20%].") -> Any:
     """`--valid-data`: a separate validation file, for the tasks that read tables."""
-    return click.Option(["--valid-data"], type=click.Path(path_type=Path), default=None,
-                        help="A second file with the same columns used as the validation set [default: a random 20%].")
+    return option(None, help_text, type=click.Path(path_type=Path))
 
 
 class Task(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     onnx_config: ClassVar[OnnxConfig]
+    Options: ClassVar[type[TaskOptions]] = TaskOptions
     default_batch_size: ClassVar[int] = 64
+    # From-scratch schedule: fit_one_cycle(scratch_epochs, scratch_lr) on all layers.
+    scratch_epochs: ClassVar[int] = 5
+    scratch_lr: ClassVar[float] = 1e-2
+    scratch_reason: ClassVar[str] = "no pretrained weights, so the whole network trains from the start"
+    # What `--sample` is for this task, for help texts and errors.
+    sample_help: ClassVar[str] = ""
 
     @classmethod
     def cli_options(cls) -> list[click.Option]:
-        """Task-specific options, added to the common ones of `pipelines train-and-export TASK`."""
-        return []
+        return click_options(cls.Options)
+
+    def resolve(self, options: TaskOptions) -> TaskOptions:
+        """Fill the defaults every task shares (the batch size)."""
+        return dataclasses.replace(options, batch_size=options.batch_size or self.default_batch_size)
+
+    # ----- data, model, training -----------------------------------------------------------------
+    @abstractmethod
+    def prepare_data(self, options: TaskOptions) -> PreparedData: ...
 
     @abstractmethod
-    def prepare_data(self, options: dict) -> PreparedData: ...
+    def build_learner(self, data: PreparedData, options: TaskOptions, pretrained: str | None = None) -> BuiltLearner:
+        """The task's Learner. `pretrained` overrides the options' choice (rebuilding from saved weights
+        never needs to download any)."""
+
+    def pretrained_schedule(self, built: BuiltLearner, history: TrainingHistory) -> tuple[str, str]:
+        """The book's schedule for a body that starts from pretrained weights; returns (schedule, reason)."""
+        raise NotImplementedError
+
+    def train(self, built: BuiltLearner, data: PreparedData) -> TrainingSummary:
+        """The book's schedule with pretrained weights, else fit_one_cycle from scratch on all layers."""
+        learn, options = built.learn, built.options
+        history = TrainingHistory(learn)
+        if built.pretrained:
+            schedule, reason = self.pretrained_schedule(built, history)
+        else:
+            epochs, lr = options.epochs or self.scratch_epochs, options.lr or self.scratch_lr
+            schedule, reason = f"from scratch: fit_one_cycle({epochs}, {lr:g}) on all layers", self.scratch_reason
+            click.echo(f"schedule: {schedule} ({reason})")
+            learn.unfreeze()
+            history.fit("all layers", lambda: learn.fit_one_cycle(epochs, lr))
+        return history.summary(schedule, reason)
+
+    def rebuild(self, options: TaskOptions, weights: Path) -> tuple[BuiltLearner, PreparedData]:
+        """The trained model again from its options and fastai weights (a `pipelines train` artifact, or
+        `learn.save`'s file): the same data and split (same seed), the same architecture, the weights."""
+        import torch
+        from fastai.torch_core import set_seed
+
+        set_seed(options.seed, reproducible=True)
+        data = self.prepare_data(options)
+        built = self.build_learner(data, options, pretrained="no")
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+            state = state["model"]  # learn.save(with_opt=True) stores {"model": ..., "opt": ...}
+        try:
+            built.learn.model.load_state_dict(state)
+        except RuntimeError as error:
+            first = str(error).strip().splitlines()[0]
+            raise PipelineError(f"{weights}: these weights do not fit the {self.name} model the options "
+                                f"describe ({first})") from None
+        return built, data
+
+    def model_from_artifact(self, folder: Path):
+        """The trained PyTorch model again, from an artifact folder (benchmarks, notebooks)."""
+        from pipelines.artifact import load_model_source
+
+        return load_model_source(Path(folder)).learn.model.eval().cpu()
+
+    # ----- a Learner a user brings ---------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def recognises(cls, learn) -> bool:
+        """Whether `learn` (from fastai's `load_learner`) is a Learner of this task."""
 
     @abstractmethod
-    def build_learner(self, data: PreparedData, options: dict): ...
+    def sample_data(self, learn, sample: Path) -> PreparedData:
+        """The user's `--sample` read for this Learner: raw inputs for parity and the preprocessing check."""
 
-    @abstractmethod
-    def train(self, learn, options: dict) -> TrainingSummary: ...
-
+    # ----- export -----------------------------------------------------------------------------
     @abstractmethod
     def exportable_module(self, learn): ...
 
@@ -67,16 +227,33 @@ class Task(ABC):
     def preprocessing(self, learn): ...
 
     @abstractmethod
-    def check_preprocessing(self, learn, data: PreparedData) -> PreprocessingCheck: ...
+    def preprocessing_probes(self, learn, data: PreparedData) -> Iterable[PreprocessingProbe]:
+        """Raw inputs of `data`, each with the serving side's tensor and fastai's."""
+
+    def check_preprocessing(self, learn, data: PreparedData) -> PreprocessingCheck:
+        """The serving code's tensors against fastai's for the same raw inputs."""
+        details, worst = [], 0.0
+        for probe in self.preprocessing_probes(learn, data):
+            served, expected = np.asarray(probe.served), np.asarray(probe.fastai)
+            if served.shape != expected.shape:
+                error = float("inf")
+            else:
+                error = float(np.abs(served.astype(np.float64) - expected.astype(np.float64)).max()) if served.size else 0.0
+            worst = max(worst, error)
+            details.append({"input": probe.name, "max_abs_error": error})
+        if not details:
+            raise PipelineError(f"{data.source}: no raw inputs to check the serving preprocessing against fastai's")
+        return PreprocessingCheck(compared=len(details), max_abs_error=worst,
+                                  passed=worst <= self.onnx_config.tolerance.preprocessing_atol, details=details)
 
     def report_figures(self, learn, folder: Path) -> list[tuple[str, str]]:
         """Pictures for the report, saved into `folder`: (title, file name) pairs. None by default."""
         return []
 
     def save_weights(self, learn, folder: Path) -> Path:
-        """The fastai model weights, beside the ONNX file, for users who go on in fastai."""
+        """The fastai model weights, for users who go on in fastai and for `pipelines export`."""
         import torch
 
-        path = Path(folder) / "fastai_weights.pth"
+        path = Path(folder) / WEIGHTS_FILE
         torch.save(learn.model.state_dict(), path)
         return path

@@ -6,22 +6,24 @@ both images; the features are concatenated and fed to `create_head(512*2, 2, ps=
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import numpy as np
 
 from export.config import OnnxConfig, ParityTolerance, TensorConfig
-from export.parity import ParityCase, PreprocessingCheck
-from export.report import TrainingSummary
+from export.parity import ParityCase
 from pipelines.data import digits_image_folder, download_book_dataset, image_files
 from pipelines.errors import PipelineError
-from pipelines.tasks.base import PreparedData, Task
+from pipelines.tasks.base import BuiltLearner, PreparedData, PreprocessingProbe, Task, TaskOptions, option
 from pipelines.training import TrainingHistory
-from pipelines.vision import ARCHITECTURES, imagenet_weights, torchvision_arch
-from services.images import image_to_tensor
-from services.manifest import ImagePreprocessing
+from pipelines.vision import (
+    ARCHITECTURES, fastai_image_tensors, image_preprocessing, imagenet_weights, read_image_pairs, served_image_tensor,
+    torchvision_arch,
+)
 
 BOOK_LABEL_PATTERN = r"^(.*)_\d+.jpg$"
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -59,9 +61,56 @@ def load_encoder(arch: str, pretrained: str):
     return create_body(model, pretrained=False, cut=-2), weights is not None, note
 
 
+@dataclass
+class ImageFolderOptions(TaskOptions):
+    """Where images come from and how their class is read: shared by the image-classification tasks."""
+
+    data: str = option("digits", "'digits' (embedded, offline), 'pets' (Oxford-IIIT Pets via fastai's untar_data), "
+                                 "or a folder of images.")
+    label_from: str = option("filename", "Where a user folder's class comes from.", choices=("filename", "folder"))
+    label_pattern: str = option(BOOK_LABEL_PATTERN, "Regex whose first group is the class, matched against the file name.")
+    image_size: int | None = option(None, "Square training size in pixels [default: 32 for digits, 224 otherwise].",
+                                    type=click.IntRange(16, 1024))
+    arch: str = option("resnet34", "Encoder architecture (torchvision ResNet).", choices=ARCHITECTURES)
+    pretrained: str = option("auto", "ImageNet weights: 'auto' uses them when cached or downloadable, else trains "
+                                     "from scratch.", choices=("auto", "yes", "no"))
+
+
+@dataclass
+class SiameseOptions(ImageFolderOptions):
+    frozen_epochs: int = option(4, "Pretrained schedule: epochs with the encoder frozen.", type=click.IntRange(0))
+    unfrozen_lr: tuple[float, float] = option((1e-6, 1e-4), "Pretrained schedule: discriminative learning rates "
+                                                            "(encoder, head) after unfreezing.", type=(float, float))
+
+
+def resolve_image_files(options: ImageFolderOptions) -> tuple[list[Path], callable, str]:
+    """The image files of `--data`, the function that reads a file's class, and the data's description."""
+    data = options.data
+    if data == "digits":
+        folder = digits_image_folder()
+        return image_files(folder), regex_label_func(BOOK_LABEL_PATTERN), "digits (scikit-learn load_digits, embedded)"
+    if data == "pets":
+        from fastai.data.external import URLs
+
+        path = download_book_dataset(URLs.PETS, "Oxford-IIIT Pets", "--data digits or --data FOLDER")
+        return image_files(path / "images"), regex_label_func(BOOK_LABEL_PATTERN), f"Oxford-IIIT Pets ({path})"
+    folder = Path(data).expanduser()
+    if not folder.exists():
+        raise PipelineError(f"--data {data}: no such folder (expected 'digits', 'pets' or a folder of images)")
+    if not folder.is_dir():
+        raise PipelineError(f"--data {data}: not a folder")
+    files = image_files(folder)
+    if not files:
+        raise PipelineError(f"--data {data}: no image files found (looked for .jpg, .jpeg, .png and others)")
+    if options.label_from == "folder":
+        return files, parent_label_func, f"folder {folder} (class = parent folder)"
+    return files, regex_label_func(options.label_pattern), f"folder {folder} (class from file name)"
+
+
 class SiameseTask(Task):
     name = "siamese"
     summary = "two images in, same class or not out (fastbook's Siamese model)"
+    Options = SiameseOptions
     onnx_config = OnnxConfig(
         inputs=(
             TensorConfig("image_a", "float32", {0: "batch", 2: "height", 3: "width"}),
@@ -72,6 +121,7 @@ class SiameseTask(Task):
         tolerance=ParityTolerance(logits_atol=1e-4, logits_rtol=1e-4, probability_atol=1e-5),
         exporter="dynamo",
     )
+    sample_help = "a CSV with image_a,image_b columns (paths relative to the CSV; optional `same` column), or a folder of images paired in name order"
     # A second image size for the dynamic height/width check: not square, not a multiple of 32.
     second_size = (72, 88)
     book_lr = 3e-3
@@ -80,93 +130,51 @@ class SiameseTask(Task):
     # more epochs and a higher learning rate than the book's pretrained schedule.
     scratch_lr = 1e-2
     scratch_epochs = 16
+    scratch_reason = ("no pretrained weights, and the book's frozen-encoder schedule stays at chance with a "
+                      "random encoder, so the whole network trains from the start")
 
-    @classmethod
-    def cli_options(cls):
-        return [
-            click.Option(["--data"], default="digits", show_default=True,
-                         help="'digits' (embedded, offline), 'pets' (Oxford-IIIT Pets via fastai's untar_data), "
-                              "or a folder of images."),
-            click.Option(["--label-from"], type=click.Choice(["filename", "folder"]), default="filename",
-                         show_default=True, help="Where a user folder's class comes from."),
-            click.Option(["--label-pattern"], default=BOOK_LABEL_PATTERN, show_default=True,
-                         help="Regex whose first group is the class, matched against the file name."),
-            click.Option(["--image-size"], type=click.IntRange(16, 1024), default=None,
-                         help="Square training size in pixels [default: 32 for digits, 224 otherwise]."),
-            click.Option(["--arch"], type=click.Choice(ARCHITECTURES), default="resnet34", show_default=True,
-                         help="Encoder architecture (torchvision ResNet, cut at -2 as in the book)."),
-            click.Option(["--pretrained"], type=click.Choice(["auto", "yes", "no"]), default="auto",
-                         show_default=True,
-                         help="ImageNet weights: 'auto' uses them when cached or downloadable, else trains from scratch."),
-            click.Option(["--frozen-epochs"], type=click.IntRange(0), default=4, show_default=True,
-                         help="Pretrained schedule: epochs with the encoder frozen."),
-            click.Option(["--unfrozen-lr"], type=(float, float), default=(1e-6, 1e-4), show_default=True,
-                         help="Pretrained schedule: discriminative learning rates (encoder, head) after unfreezing."),
-        ]
+    def resolve(self, options: SiameseOptions) -> SiameseOptions:
+        options = super().resolve(options)
+        return dataclasses.replace(options, image_size=options.image_size or (32 if options.data == "digits" else 224))
 
     # ----- data -------------------------------------------------------------------------------
-    def resolve_files(self, options: dict) -> tuple[list[Path], callable, str]:
-        data = options["data"]
-        if data == "digits":
-            folder = digits_image_folder()
-            return image_files(folder), regex_label_func(BOOK_LABEL_PATTERN), "digits (scikit-learn load_digits, embedded)"
-        if data == "pets":
-            from fastai.data.external import URLs
-
-            path = download_book_dataset(URLs.PETS, "Oxford-IIIT Pets", "--data digits or --data FOLDER")
-            return image_files(path / "images"), regex_label_func(BOOK_LABEL_PATTERN), f"Oxford-IIIT Pets ({path})"
-        folder = Path(data).expanduser()
-        if not folder.exists():
-            raise PipelineError(f"--data {data}: no such folder (expected 'digits', 'pets' or a folder of images)")
-        if not folder.is_dir():
-            raise PipelineError(f"--data {data}: not a folder")
-        files = image_files(folder)
-        if not files:
-            raise PipelineError(f"--data {data}: no image files found (looked for {', '.join(sorted({'.jpg', '.png', '.jpeg'}))} and others)")
-        if options["label_from"] == "folder":
-            return files, parent_label_func, f"folder {folder} (class = parent folder)"
-        return files, regex_label_func(options["label_pattern"]), f"folder {folder} (class from file name)"
-
-    def prepare_data(self, options: dict) -> PreparedData:
+    def prepare_data(self, options: SiameseOptions) -> PreparedData:
         from fastai.vision.all import (
             L, IntToFloatTensor, Normalize, RandomSplitter, Resize, TfmdLists, ToTensor, imagenet_stats,
         )
 
-        files, label_func, source = self.resolve_files(options)
+        files, label_func, source = resolve_image_files(options)
         files = L(files)
         labels = [label_func(f) for f in files]
         if len(set(labels)) < 2:
             raise PipelineError(f"{source}: found {len(set(labels))} class(es); a Siamese model needs at least 2")
-        splits = RandomSplitter(seed=options["seed"])(files)
+        splits = RandomSplitter(seed=options.seed)(files)
         for split_name, split in zip(("training", "validation"), splits):
-            present = {labels[i] for i in split}
-            missing = sorted(set(labels) - present)
+            missing = sorted(set(labels) - {labels[i] for i in split})
             if missing:
                 raise PipelineError(
                     f"{source}: classes {missing[:5]} have no image in the {split_name} split; "
                     "give each class more images, or try another --seed"
                 )
-        size = options["image_size"] or (32 if options["data"] == "digits" else 224)
-        options["image_size"] = size
         tfm = book().SiameseTransform(files, splits, label_func)
         tls = TfmdLists(files, tfm, splits=splits)
         dls = tls.dataloaders(
-            after_item=[Resize(size), ToTensor],
+            after_item=[Resize(options.image_size), ToTensor],
             after_batch=[IntToFloatTensor, Normalize.from_stats(*imagenet_stats)],
-            bs=options["batch_size"],
+            bs=options.batch_size,
         )
-        return PreparedData(
-            dls=dls,
-            source=source,
-            details={
-                "images": len(files),
-                "classes": len(tfm.labels),
-                "train_pairs": len(splits[0]),
-                "valid_pairs": len(splits[1]),
-                "image_size": size,
-                "valid_files": [str(files[i]) for i in splits[1][:16]],
-            },
-        )
+        valid_files = [files[i] for i in splits[1][:16]]
+        return PreparedData(dls=dls, source=source, details={
+            "images": len(files), "classes": len(tfm.labels), "train_pairs": len(splits[0]),
+            "valid_pairs": len(splits[1]), "image_size": options.image_size,
+            "pairs": list(zip(valid_files[0::2], valid_files[1::2])),
+        })
+
+    def sample_data(self, learn, sample: Path) -> PreparedData:
+        pairs, same = read_image_pairs(sample)
+        return PreparedData(dls=learn.dls, source=f"sample {sample}", details={
+            "pairs": pairs, "sample_pairs": len(pairs), "targets": same,
+        })
 
     # ----- model and training -----------------------------------------------------------------
     @staticmethod
@@ -176,56 +184,33 @@ class SiameseTask(Task):
         head = create_head(num_features_model(encoder) * 2, 2, ps=0.5)
         return book().SiameseModel(encoder, head)
 
-    def model_from_artifact(self, folder: Path):
-        """The trained PyTorch model again, from an artifact folder (for benchmarks and notebooks)."""
-        import torch
-
-        from services.manifest import Manifest
-
-        provenance = Manifest.read(folder).provenance
-        model = self.build_model(load_encoder(provenance["options"]["arch"], "no")[0])
-        weights = Path(provenance.get("artifact_dir", folder)) / "fastai_weights.pth"
-        model.load_state_dict(torch.load(weights, map_location="cpu"))
-        return model.eval()
-
-    def build_learner(self, data: PreparedData, options: dict):
+    def build_learner(self, data: PreparedData, options: SiameseOptions, pretrained: str | None = None) -> BuiltLearner:
         from fastai.vision.all import Learner, accuracy
 
-        encoder, used_pretrained, note = load_encoder(options["arch"], options["pretrained"])
+        encoder, used_pretrained, note = load_encoder(options.arch, pretrained or options.pretrained)
         b = book()
-        model = self.build_model(encoder)
-        learn = Learner(data.dls, model, loss_func=b.SiameseLoss(), splitter=b.siamese_splitter, metrics=accuracy)
-        learn.pretrained_encoder = used_pretrained
-        learn.pretrained_note = note
-        return learn
+        learn = Learner(data.dls, self.build_model(encoder), loss_func=b.SiameseLoss(), splitter=b.siamese_splitter,
+                        metrics=accuracy)
+        return BuiltLearner(learn, options, used_pretrained, note)
 
-    def train(self, learn, options: dict) -> TrainingSummary:
-        history = TrainingHistory(learn)
-        if learn.pretrained_encoder:
-            lr = options["lr"] or self.book_lr
-            epochs = options["epochs"] or self.book_unfrozen_epochs
-        else:
-            lr = options["lr"] or self.scratch_lr
-            epochs = options["epochs"] or self.scratch_epochs
-        if learn.pretrained_encoder:
-            frozen_epochs = options["frozen_epochs"]
-            low, high = options["unfrozen_lr"]
-            schedule = (f"book: freeze(); fit_one_cycle({frozen_epochs}, {lr:g}); unfreeze(); "
-                        f"fit_one_cycle({epochs}, slice({low:g}, {high:g}))")
-            reason = "the encoder starts from ImageNet weights"
-            click.echo(f"schedule: {schedule} ({reason})")
-            learn.freeze()
-            history.fit("frozen", lambda: learn.fit_one_cycle(frozen_epochs, lr))
-            learn.unfreeze()
-            history.fit("unfrozen", lambda: learn.fit_one_cycle(epochs, slice(low, high)))
-        else:
-            schedule = f"from scratch: fit_one_cycle({epochs}, {lr:g}) on all layers"
-            reason = ("no pretrained weights, and the book's frozen-encoder schedule stays at chance with a "
-                      "random encoder, so the whole network trains from the start")
-            click.echo(f"schedule: {schedule} ({reason})")
-            learn.unfreeze()
-            history.fit("all layers", lambda: learn.fit_one_cycle(epochs, lr))
-        return history.summary(schedule, reason)
+    def pretrained_schedule(self, built: BuiltLearner, history: TrainingHistory) -> tuple[str, str]:
+        learn, options = built.learn, built.options
+        lr, epochs = options.lr or self.book_lr, options.epochs or self.book_unfrozen_epochs
+        low, high = options.unfrozen_lr
+        schedule = (f"book: freeze(); fit_one_cycle({options.frozen_epochs}, {lr:g}); unfreeze(); "
+                    f"fit_one_cycle({epochs}, slice({low:g}, {high:g}))")
+        reason = "the encoder starts from ImageNet weights"
+        click.echo(f"schedule: {schedule} ({reason})")
+        learn.freeze()
+        history.fit("frozen", lambda: learn.fit_one_cycle(options.frozen_epochs, lr))
+        learn.unfreeze()
+        history.fit("unfrozen", lambda: learn.fit_one_cycle(epochs, slice(low, high)))
+        return schedule, reason
+
+    @classmethod
+    def recognises(cls, learn) -> bool:
+        model = learn.model
+        return type(model).__name__ == "SiameseModel" and hasattr(model, "encoder") and hasattr(model, "head")
 
     # ----- export -----------------------------------------------------------------------------
     def exportable_module(self, learn):
@@ -234,11 +219,18 @@ class SiameseTask(Task):
     def example_inputs(self, learn):
         import torch
 
-        size = learn.dls.valid.one_batch()[0].shape[-1]
+        spec = self.preprocessing(learn)
         generator = torch.Generator().manual_seed(0)
-        return (torch.randn(2, 3, size, size, generator=generator), torch.randn(2, 3, size, size, generator=generator))
+        shape = (2, 3, spec.height, spec.width)
+        return torch.randn(*shape, generator=generator), torch.randn(*shape, generator=generator)
 
-    def validation_arrays(self, learn) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def evaluation_arrays(self, learn, data: PreparedData) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Both images of each pair as fastai feeds them, and whether the pair is of one class (when known)."""
+        if "sample_pairs" in data.details:
+            pairs = data.details["pairs"]
+            firsts = np.stack(fastai_image_tensors(learn.dls, [a for a, _ in pairs]))
+            seconds = np.stack(fastai_image_tensors(learn.dls, [b for _, b in pairs]))
+            return firsts, seconds, data.details["targets"]
         firsts, seconds, targets = [], [], []
         for x1, x2, y in learn.dls.valid:
             firsts.append(x1.cpu().float().numpy())
@@ -247,15 +239,17 @@ class SiameseTask(Task):
         return np.concatenate(firsts), np.concatenate(seconds), np.concatenate(targets)
 
     def parity_cases(self, learn, data: PreparedData) -> list[ParityCase]:
-        first, second, targets = self.validation_arrays(learn)
-        total = len(targets)
-        cases = [
-            ParityCase(f"valid batch {n}", {"image_a": first[:n], "image_b": second[:n]}, targets[:n],
-                       f"first {n} validation pairs")
-            for n in (1, 7) if n <= total
-        ]
-        cases.append(ParityCase(f"valid all ({total})", {"image_a": first, "image_b": second}, targets,
-                                "the whole validation set"))
+        first, second, targets = self.evaluation_arrays(learn, data)
+        total = len(first)
+        where = "sample" if "sample_pairs" in data.details else "valid"
+
+        def part(n):
+            return None if targets is None else targets[:n]
+
+        cases = [ParityCase(f"{where} batch {n}", {"image_a": first[:n], "image_b": second[:n]}, part(n),
+                            f"first {n} {where} pairs") for n in (1, 7) if n <= total]
+        cases.append(ParityCase(f"{where} all ({total})", {"image_a": first, "image_b": second}, targets,
+                                f"every {where} pair"))
         rng = np.random.default_rng(0)
         height, width = self.second_size
         cases.append(ParityCase(
@@ -269,42 +263,20 @@ class SiameseTask(Task):
     def labels(self, learn) -> list[str]:
         return ["different", "same"]
 
-    def preprocessing(self, learn) -> ImagePreprocessing:
-        from fastai.vision.all import Normalize, Resize
+    def preprocessing(self, learn):
+        return image_preprocessing(learn.dls)
 
-        resize = next(t for t in learn.dls.valid.after_item.fs if isinstance(t, Resize))
-        normalize = next(t for t in learn.dls.valid.after_batch.fs if isinstance(t, Normalize))
-        width, height = resize.size  # fastai stores (width, height)
-        return ImagePreprocessing(
-            color_mode="RGB", height=int(height), width=int(width),
-            resize_method="crop" if resize.method == "crop" else "squish",
-            resample="bilinear",
-            mean=[float(v) for v in normalize.mean.flatten()],
-            std=[float(v) for v in normalize.std.flatten()],
-        )
+    def preprocessing_probes(self, learn, data: PreparedData):
+        spec = self.preprocessing(learn)
+        files = [path for pair in data.details["pairs"] for path in pair]
+        for path, expected in zip(files, fastai_image_tensors(learn.dls, files)):
+            yield PreprocessingProbe(Path(path).name, served_image_tensor(path, spec), expected)
 
     def pair_test_dl(self, dls, pairs: list[tuple[Path, Path]]):
-        """fastai's own inference pipeline for raw file pairs: `dls.test_dl` over `ImagePair`s."""
+        """fastai's own inference pipeline for raw file pairs: `dls.test_dl` over the book transform's
+        `ImagePair`s (an independent path to the same tensors, used by the tests)."""
         return dls.test_dl([book().ImagePair(a, c) for a, c in pairs], rm_type_tfms=0, bs=max(1, len(pairs)))
 
     def fastai_pair_tensors(self, dls, pairs: list[tuple[Path, Path]]):
         x1, x2 = self.pair_test_dl(dls, pairs).one_batch()[:2]
         return x1.cpu().float().numpy(), x2.cpu().float().numpy()
-
-    def check_preprocessing(self, learn, data: PreparedData) -> PreprocessingCheck:
-        from PIL import Image
-
-        spec = self.preprocessing(learn)
-        files = [Path(f) for f in data.details["valid_files"]]
-        pairs = list(zip(files[0::2], files[1::2]))
-        first, second = self.fastai_pair_tensors(learn.dls, pairs)
-        details, worst = [], 0.0
-        for (a, c), ta, tc in zip(pairs, first, second):
-            for path, expected in ((a, ta), (c, tc)):
-                with Image.open(path) as image:
-                    served = image_to_tensor(image.convert("RGB"), spec)
-                error = float(np.abs(served - expected).max())
-                worst = max(worst, error)
-                details.append({"file": path.name, "max_abs_error": error})
-        return PreprocessingCheck(compared=len(details), max_abs_error=worst,
-                                  passed=worst <= self.onnx_config.tolerance.preprocessing_atol, details=details)

@@ -5,6 +5,7 @@ Imported lazily by pipelines.tasks.siamese: importing fastai takes several secon
 """
 
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +85,16 @@ class SiameseLoss(CrossEntropyLossFlat):
 
 def siamese_splitter(model):
     return [params(model.encoder), params(model.head)]
+
+
+def label_func(fname):
+    return re.match(r"^(.*)_\d+.jpg$", fname.name).groups()[0]
+
+
+def loss_func(out, targ):
+    return CrossEntropyLossFlat()(out, targ.long())
+
+
+# What a notebook that follows the book defines in `__main__`, and so what its `learn.export()` pickle
+# refers to as `__main__.<name>`.
+NOTEBOOK_NAMES = ("SiameseImage", "SiameseTransform", "SiameseModel", "loss_func", "siamese_splitter", "label_func")

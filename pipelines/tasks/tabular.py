@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import numpy as np
 
 from export.config import OnnxConfig, ParityTolerance, TensorConfig
-from export.parity import ParityCase, PreprocessingCheck
-from export.report import TrainingSummary
+from export.parity import ParityCase
 from pipelines.data import download_book_dataset
 from pipelines.errors import PipelineError
-from pipelines.tasks.base import PreparedData, Task, valid_data_option
-from pipelines.training import TrainingHistory
+from pipelines.tasks.base import (
+    BuiltLearner, PreparedData, PreprocessingProbe, Task, TaskOptions, option, valid_data_option,
+)
 from services.manifest import TabularPreprocessing
 from services.tabular_preprocessing import encode_records
 
@@ -61,9 +62,31 @@ def _names(value: str | None) -> list[str] | None:
     return None if value is None else [name.strip() for name in value.split(",") if name.strip()]
 
 
+@dataclass
+class TabularOptions(TaskOptions):
+    data: str = option("penguins", "'penguins' (embedded, offline: palmerpenguins' 344 penguins), 'adult_sample' "
+                                   "(fastai's ADULT_SAMPLE via untar_data), or a CSV/TSV/Parquet file.")
+    valid_data: Path | None = valid_data_option()
+    target: str | None = option(None, "Target column [default: species for penguins, salary for adult, else the last column].")
+    cat_names: str | None = option(None, "Comma-separated categorical columns [default: inferred].")
+    cont_names: str | None = option(None, "Comma-separated continuous columns [default: inferred].")
+    target_type: str = option("auto", "'auto': numbers with more than 20 distinct values are regression.",
+                              choices=("auto", "classification", "regression"))
+    layers: str = option("200,100", "Hidden layer sizes.")
+
+
+def target_type_of(learn) -> str:
+    """'classification' when fastai categorified the target (CategoryBlock: a vocabulary), else 'regression'."""
+    try:
+        return "classification" if learn.dls.vocab is not None and len(learn.dls.vocab) > 0 else "regression"
+    except (AttributeError, TypeError):
+        return "regression"
+
+
 class TabularTask(Task):
     name = "tabular"
     summary = "JSON records in, a class or a value out (fastbook's tabular_learner)"
+    Options = TabularOptions
     onnx_config = OnnxConfig(
         inputs=(TensorConfig("x_cat", "int64", {0: "batch"}), TensorConfig("x_cont", "float32", {0: "batch"})),
         outputs=(TensorConfig("output", "float32", {0: "batch"}),),
@@ -71,28 +94,14 @@ class TabularTask(Task):
         tolerance=ParityTolerance(logits_atol=1e-5, logits_rtol=1e-5, probability_atol=1e-5, preprocessing_atol=0.0),
         exporter="dynamo",
     )
+    sample_help = "a CSV/TSV/Parquet file of records with the learner's columns (the target column optional)"
     default_epochs = {"penguins": 20, "adult_sample": 3}
-    default_lr = 1e-2
-
-    @classmethod
-    def cli_options(cls):
-        return [
-            click.Option(["--data"], default="penguins", show_default=True,
-                         help="'penguins' (embedded, offline: palmerpenguins' 344 penguins), 'adult_sample' "
-                              "(fastai's ADULT_SAMPLE via untar_data), or a CSV/TSV/Parquet file."),
-            valid_data_option(),
-            click.Option(["--target"], default=None,
-                         help="Target column [default: species for penguins, salary for adult, else the last column]."),
-            click.Option(["--cat-names"], default=None, help="Comma-separated categorical columns [default: inferred]."),
-            click.Option(["--cont-names"], default=None, help="Comma-separated continuous columns [default: inferred]."),
-            click.Option(["--target-type"], type=click.Choice(["auto", "classification", "regression"]), default="auto",
-                         show_default=True, help="'auto': numbers with more than 20 distinct values are regression."),
-            click.Option(["--layers"], default="200,100", show_default=True, help="Hidden layer sizes."),
-        ]
+    scratch_lr = 1e-2
+    scratch_reason = "tabular models train from scratch; one cycle as in the book"
 
     # ----- data -------------------------------------------------------------------------------
-    def load_frames(self, options: dict):
-        data = options["data"]
+    def load_frames(self, options: TabularOptions):
+        data = options.data
         if data == "penguins":
             import palmerpenguins
 
@@ -107,31 +116,31 @@ class TabularTask(Task):
         df = read_table(path)
         return df, df.columns[-1], f"file {path}"
 
-    def prepare_data(self, options: dict) -> PreparedData:
+    def prepare_data(self, options: TabularOptions) -> PreparedData:
         import pandas as pd
         from fastai.tabular.all import (
             Categorify, CategoryBlock, FillMissing, Normalize, RandomSplitter, RegressionBlock, TabularDataLoaders,
         )
 
         df, default_target, source = self.load_frames(options)
-        target = options["target"] or default_target
+        target = options.target or default_target
         if target not in df.columns:
             raise PipelineError(f"--target {target!r} is not a column of {source}")
         df = df[df[target].notna()].reset_index(drop=True)
         if len(df) < 10:
             raise PipelineError(f"{source}: {len(df)} rows with a target; too few to train")
         valid_idx = None
-        if options.get("valid_data"):
-            valid = read_table(Path(options["valid_data"]))
+        if options.valid_data:
+            valid = read_table(Path(options.valid_data))
             valid = valid[valid[target].notna()] if target in valid.columns else valid
             if list(valid.columns) != list(df.columns):
                 raise PipelineError(f"--valid-data has columns {list(valid.columns)}, --data has {list(df.columns)}")
             valid_idx = list(range(len(df), len(df) + len(valid)))
             df = pd.concat([df, valid], ignore_index=True)
-            source += f", validation {options['valid_data']}"
-        cat_names, cont_names = split_columns(df, target, _names(options["cat_names"]), _names(options["cont_names"]))
+            source += f", validation {options.valid_data}"
+        cat_names, cont_names = split_columns(df, target, _names(options.cat_names), _names(options.cont_names))
         column_counts = {"categorical": len(cat_names), "continuous": len(cont_names)}
-        target_type = options["target_type"]
+        target_type = options.target_type
         if target_type == "auto":
             numeric = pd.api.types.is_numeric_dtype(df[target]) and not pd.api.types.is_bool_dtype(df[target])
             target_type = "regression" if numeric and df[target].nunique() > 20 else "classification"
@@ -140,12 +149,12 @@ class TabularTask(Task):
         else:
             df[target] = df[target].astype(str)
         if valid_idx is None:
-            valid_idx = list(RandomSplitter(valid_pct=0.2, seed=options["seed"])(list(range(len(df))))[1])
+            valid_idx = list(RandomSplitter(valid_pct=0.2, seed=options.seed)(list(range(len(df))))[1])
         dls = TabularDataLoaders.from_df(
             # copies: fastai appends its `_na` indicator columns to the lists it is given
             df, procs=[Categorify, FillMissing, Normalize], cat_names=list(cat_names), cont_names=list(cont_names),
             y_names=target, y_block=CategoryBlock() if target_type == "classification" else RegressionBlock(),
-            valid_idx=valid_idx, bs=options["batch_size"],
+            valid_idx=valid_idx, bs=options.batch_size,
         )
         raw_valid = df.iloc[valid_idx].reset_index(drop=True)
         return PreparedData(
@@ -154,27 +163,42 @@ class TabularTask(Task):
                      "target": target, "target_type": target_type, **column_counts, "raw_valid": raw_valid},
         )
 
+    def sample_data(self, learn, sample: Path) -> PreparedData:
+        sample = Path(sample).expanduser()
+        if not sample.is_file():
+            raise PipelineError(f"--sample {sample}: no such file (expected {self.sample_help})")
+        frame = read_table(sample)
+        spec = self.preprocessing(learn)
+        missing = [c for c in [*spec.cat_names, *spec.cont_names] if c not in frame.columns]
+        if missing:
+            raise PipelineError(f"--sample {sample}: lacks the learner's column(s) {', '.join(map(str, missing))} "
+                                f"(it has {', '.join(map(str, frame.columns))})")
+        if frame.empty:
+            raise PipelineError(f"--sample {sample}: no records in it")
+        return PreparedData(dls=learn.dls, source=f"sample {sample}", details={
+            "sample_rows": len(frame), "target": spec.target, "raw_valid": frame.reset_index(drop=True)})
+
     # ----- model and training -----------------------------------------------------------------
-    def build_learner(self, data: PreparedData, options: dict):
+    def build_learner(self, data: PreparedData, options: TabularOptions, pretrained: str | None = None) -> BuiltLearner:
         from fastai.tabular.all import accuracy, rmse, tabular_learner
 
         try:
-            layers = [int(size) for size in options["layers"].split(",")]
+            layers = [int(size) for size in options.layers.split(",")]
         except ValueError:
-            raise PipelineError(f"--layers {options['layers']!r}: expected sizes like 200,100") from None
+            raise PipelineError(f"--layers {options.layers!r}: expected sizes like 200,100") from None
         metric = accuracy if data.details["target_type"] == "classification" else rmse
         learn = tabular_learner(data.dls, layers=layers, metrics=metric)
-        learn.target_type = data.details["target_type"]
-        return learn
+        return BuiltLearner(learn, options, False, "tabular models have no pretrained weights")
 
-    def train(self, learn, options: dict) -> TrainingSummary:
-        epochs = options["epochs"] or self.default_epochs.get(options["data"], 5)
-        lr = options["lr"] or self.default_lr
-        history = TrainingHistory(learn)
-        schedule = f"fit_one_cycle({epochs}, {lr:g})"
-        click.echo(f"schedule: {schedule} (the book's tabular recipe)")
-        history.fit("all layers", lambda: learn.fit_one_cycle(epochs, lr))
-        return history.summary(schedule, "tabular models train from scratch; one cycle as in the book")
+    def train(self, built: BuiltLearner, data: PreparedData):
+        epochs = built.options.epochs or self.default_epochs.get(built.options.data, 5)
+        return super().train(built.with_options(epochs=epochs), data)
+
+    @classmethod
+    def recognises(cls, learn) -> bool:
+        from fastai.tabular.model import TabularModel
+
+        return isinstance(learn.model, TabularModel)
 
     # ----- export -----------------------------------------------------------------------------
     def exportable_module(self, learn):
@@ -190,8 +214,9 @@ class TabularTask(Task):
         return x_cat, x_cont
 
     def example_inputs(self, learn):
-        x_cat, x_cont = self.model_inputs(learn.dls, learn.dls.valid.one_batch())
-        return x_cat[:2], x_cont[:2]
+        import torch
+
+        return torch.zeros((2, len(learn.dls.cat_names)), dtype=torch.int64), torch.zeros((2, len(learn.dls.cont_names)))
 
     def fastai_tensors(self, dls, frame) -> tuple[np.ndarray, np.ndarray]:
         """fastai's own tensors for raw rows, through `dls.test_dl` (the path of `learn.get_preds`)."""
@@ -215,25 +240,28 @@ class TabularTask(Task):
     def raw_frames(self, learn, data: PreparedData) -> dict[str, object]:
         frame = data.details["raw_valid"]
         return {"first row": frame.head(1), "first 7 rows": frame.head(7),
-                f"validation set ({len(frame)})": frame, "unseen categories and missing values": self.awkward_rows(learn, frame)}
+                f"{'sample' if 'sample_rows' in data.details else 'validation set'} ({len(frame)})": frame, "unseen categories and missing values": self.awkward_rows(learn, frame)}
 
     def parity_cases(self, learn, data: PreparedData) -> list[ParityCase]:
         frames = self.raw_frames(learn, data)
         target = data.details["target"]
-        metrics = ("accuracy",) if learn.target_type == "classification" else ("rmse",)
-        vocab = list(learn.dls.vocab) if learn.target_type == "classification" else None
+        metrics = ("accuracy",) if target_type_of(learn) == "classification" else ("rmse",)
+        vocab = [str(v) for v in learn.dls.vocab] if target_type_of(learn) == "classification" else None
         cases = []
         for name, frame in frames.items():
             x_cat, x_cont = self.fastai_tensors(learn.dls, frame)
             targets = None
-            if frame[target].notna().all():
+            if target in frame.columns and frame[target].notna().all():
                 values = frame[target].to_numpy()
-                targets = np.array([vocab.index(v) for v in values]) if vocab else values.astype(np.float64)
+                if vocab is None:
+                    targets = values.astype(np.float64)
+                elif {str(v) for v in values} <= set(vocab):
+                    targets = np.array([vocab.index(str(v)) for v in values])
             cases.append(ParityCase(name, {"x_cat": x_cat, "x_cont": x_cont}, targets, f"{len(frame)} raw rows", metrics))
         return cases
 
     def labels(self, learn) -> list[str]:
-        return [str(v) for v in learn.dls.vocab] if learn.target_type == "classification" else [learn.dls.y_names[0]]
+        return [str(v) for v in learn.dls.vocab] if target_type_of(learn) == "classification" else [learn.dls.y_names[0]]
 
     def preprocessing(self, learn) -> TabularPreprocessing:
         procs = learn.dls.train_ds.procs
@@ -248,24 +276,16 @@ class TabularTask(Task):
             means={c: float(v) for c, v in normalize.means.items()},
             stds={c: float(v) for c, v in normalize.stds.items()},
             target=learn.dls.y_names[0],
-            target_type=learn.target_type,
+            target_type=target_type_of(learn),
         )
 
-    def check_preprocessing(self, learn, data: PreparedData) -> PreprocessingCheck:
+    def preprocessing_probes(self, learn, data: PreparedData):
         spec = self.preprocessing(learn)
-        details, worst = [], 0.0
-        frames = self.raw_frames(learn, data)
-        for name, frame in frames.items():
+        for name, frame in self.raw_frames(learn, data).items():
             expected_cat, expected_cont = self.fastai_tensors(learn.dls, frame)
-            records = frame_to_records(frame)
-            served_cat, served_cont = encode_records(records, spec)
-            cat_error = float(np.abs(served_cat - expected_cat).max()) if served_cat.size else 0.0
-            cont_error = float(np.abs(served_cont - expected_cont).max()) if served_cont.size else 0.0
-            worst = max(worst, cat_error, cont_error)
-            details.append({"rows": name, "x_cat_max_abs_error": cat_error, "x_cont_max_abs_error": cont_error})
-        return PreprocessingCheck(compared=sum(len(f) for f in frames.values()),
-                                  max_abs_error=worst, passed=worst <= self.onnx_config.tolerance.preprocessing_atol,
-                                  details=details)
+            served_cat, served_cont = encode_records(frame_to_records(frame), spec)
+            yield PreprocessingProbe(f"{name}: categories", served_cat, expected_cat)
+            yield PreprocessingProbe(f"{name}: continuous", served_cont, expected_cont)
 
 
 def _plain(value):

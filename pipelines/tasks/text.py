@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import numpy as np
 
 from export.config import OnnxConfig, ParityTolerance, TensorConfig
-from export.parity import ParityCase, PreprocessingCheck
+from export.parity import ParityCase
 from export.report import TrainingSummary
 from pipelines.data import download_book_dataset
 from pipelines.errors import PipelineError
-from pipelines.tasks.base import PreparedData, Task, valid_data_option
+from pipelines.tasks.base import (
+    BuiltLearner, PreparedData, PreprocessingProbe, Task, TaskOptions, option, valid_data_option,
+)
 from pipelines.tasks.tabular import read_table
 from pipelines.training import TrainingHistory
 from services.manifest import TextPreprocessing
@@ -29,7 +33,7 @@ TOKENIZER_PROBES = [
 ]
 
 
-def detect_columns(df, text_col: str | None, label_col: str | None) -> tuple[str, str]:
+def detect_columns(df, text_col: str | None, label_col: str | None, label_optional: bool = False) -> tuple[str, str | None]:
     """The text column is the one with the longest strings; the label the other with the fewest values."""
     import pandas as pd
 
@@ -44,14 +48,40 @@ def detect_columns(df, text_col: str | None, label_col: str | None) -> tuple[str
     if label_col is None:
         others = [c for c in df.columns if c != text_col and c != "is_valid"]
         if not others:
+            if label_optional:
+                return text_col, None
             raise PipelineError("no label column found; name it with --label-col")
         label_col = min(others, key=lambda c: df[c].nunique())
     return text_col, label_col
 
 
+def repeated(ids: list[int], length: int) -> list[int]:
+    """`ids` repeated to exactly `length` tokens."""
+    return (ids * (length // max(1, len(ids)) + 1))[:length]
+
+
+@dataclass
+class TextOptions(TaskOptions):
+    data: str = option("imdb_sample", "'imdb_sample' or 'imdb' (fastai's untar_data, as the book), or a CSV/TSV/"
+                                      "Parquet file with a text and a label column.")
+    valid_data: Path | None = valid_data_option()
+    text_col: str | None = option(None, "Text column [default: the one with the longest strings].")
+    label_col: str | None = option(None, "Label column [default: the other column with fewest values].")
+    pretrained: str = option("auto", "WikiText-103 weights: 'auto' uses them when cached or downloadable, else "
+                                     "trains from scratch.", choices=("auto", "yes", "no"))
+    model_size: str = option("auto", "AWD_LSTM size: 'book' (emb 400, hidden 1152, 3 layers; needed for pretrained "
+                                     "weights) or 'small' (emb 128, hidden 256, 2 layers); 'auto' picks book when "
+                                     "pretrained, else small.", choices=("auto", *MODEL_SIZES))
+    drop_mult: float | None = option(None, "Dropout multiplier [default: 0.5 pretrained, 0.3 small].", type=float)
+    lm_epochs: int = option(0, "ULMFiT: first fine-tune a language model on the texts for this many epochs, then "
+                               "start the classifier from its encoder (save_encoder / load_encoder, as the book).",
+                            type=click.IntRange(0))
+
+
 class TextTask(Task):
     name = "text"
     summary = "a text in, a class out (fastbook's text_classifier_learner with AWD_LSTM)"
+    Options = TextOptions
     onnx_config = OnnxConfig(
         inputs=(TensorConfig("tokens", "int64", {0: "batch", 1: "sequence"}), TensorConfig("lengths", "int64", {0: "batch"})),
         outputs=(TensorConfig("logits", "float32", {0: "batch"}),),
@@ -59,34 +89,15 @@ class TextTask(Task):
         tolerance=ParityTolerance(logits_atol=1e-4, logits_rtol=1e-4, probability_atol=1e-4, preprocessing_atol=0.0),
         exporter="torchscript",
     )
+    sample_help = "a text file (one text per line) or a CSV/TSV/Parquet file with a text column (and optionally a label column)"
     scratch_epochs, scratch_lr = 6, 5e-3
 
-    @classmethod
-    def cli_options(cls):
-        return [
-            click.Option(["--data"], default="imdb_sample", show_default=True,
-                         help="'imdb_sample' or 'imdb' (fastai's untar_data, as the book), or a CSV/TSV/Parquet "
-                              "file with a text and a label column."),
-            valid_data_option(),
-            click.Option(["--text-col"], default=None, help="Text column [default: the one with the longest strings]."),
-            click.Option(["--label-col"], default=None, help="Label column [default: the other column with fewest values]."),
-            click.Option(["--pretrained"], type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True,
-                         help="WikiText-103 weights: 'auto' uses them when cached or downloadable, else trains from scratch."),
-            click.Option(["--model-size"], type=click.Choice(["auto", *MODEL_SIZES]), default="auto", show_default=True,
-                         help="AWD_LSTM size: 'book' (emb 400, hidden 1152, 3 layers; needed for pretrained weights) or "
-                              "'small' (emb 128, hidden 256, 2 layers); 'auto' picks book when pretrained, else small."),
-            click.Option(["--drop-mult"], type=float, default=None, help="Dropout multiplier [default: 0.5 pretrained, 0.3 small]."),
-            click.Option(["--lm-epochs"], type=click.IntRange(0), default=0, show_default=True,
-                         help="ULMFiT: first fine-tune a language model on the texts for this many epochs, then "
-                              "start the classifier from its encoder (save_encoder / load_encoder, as the book)."),
-        ]
-
     # ----- data -------------------------------------------------------------------------------
-    def load_frame(self, options: dict):
+    def load_frame(self, options: TextOptions):
         import pandas as pd
         from fastai.data.external import URLs
 
-        data = options["data"]
+        data = options.data
         offline = "--data FILE.csv --text-col COLUMN --label-col COLUMN (any CSV of texts and labels)"
         if data == "imdb_sample":
             path = download_book_dataset(URLs.IMDB_SAMPLE, "IMDB_SAMPLE", offline)
@@ -97,30 +108,30 @@ class TextTask(Task):
                     for split in ("train", "test") for label in ("pos", "neg") for f in (path / split / label).glob("*.txt")]
             return pd.DataFrame(rows, columns=["text", "label", "is_valid"]), "text", "label", f"IMDB ({path})"
         df = read_table(Path(data).expanduser())
-        text_col, label_col = detect_columns(df, options["text_col"], options["label_col"])
+        text_col, label_col = detect_columns(df, options.text_col, options.label_col)
         return df, text_col, label_col, f"file {data}"
 
-    def prepare_data(self, options: dict) -> PreparedData:
+    def prepare_data(self, options: TextOptions) -> PreparedData:
         import pandas as pd
         from fastai.text.all import TextDataLoaders
 
         df, text_col, label_col, source = self.load_frame(options)
         df = df[df[text_col].notna() & df[label_col].notna()].reset_index(drop=True)
-        if options.get("valid_data"):
-            valid = read_table(Path(options["valid_data"]))
+        if options.valid_data:
+            valid = read_table(Path(options.valid_data))
             df = pd.concat([df.assign(is_valid=False), valid.assign(is_valid=True)], ignore_index=True)
-            source += f", validation {options['valid_data']}"
+            source += f", validation {options.valid_data}"
         df[label_col] = df[label_col].astype(str)
         if df[label_col].nunique() < 2:
             raise PipelineError(f"{source}: the label column {label_col!r} has fewer than 2 classes")
         valid_kwargs = {"valid_col": "is_valid"} if "is_valid" in df.columns else {"valid_pct": 0.2}
         dls_lm = None
-        if options.get("lm_epochs"):
+        if options.lm_epochs:
             # The language model reads every text (labels unused); the classifier then shares its vocabulary.
-            dls_lm = TextDataLoaders.from_df(df, text_col=text_col, is_lm=True, valid_pct=0.1, seed=options["seed"],
-                                             bs=options["batch_size"], seq_len=72)
-        dls = TextDataLoaders.from_df(df, text_col=text_col, label_col=label_col, seed=options["seed"],
-                                      bs=options["batch_size"], seq_len=72,
+            dls_lm = TextDataLoaders.from_df(df, text_col=text_col, is_lm=True, valid_pct=0.1, seed=options.seed,
+                                             bs=options.batch_size, seq_len=72)
+        dls = TextDataLoaders.from_df(df, text_col=text_col, label_col=label_col, seed=options.seed,
+                                      bs=options.batch_size, seq_len=72,
                                       text_vocab=dls_lm.vocab if dls_lm is not None else None, **valid_kwargs)
         valid_frame = dls.valid_ds.items
         raw_valid = df.loc[valid_frame.index] if hasattr(valid_frame, "index") else None
@@ -130,44 +141,67 @@ class TextTask(Task):
             "dls_lm": dls_lm,
         })
 
+    def sample_data(self, learn, sample: Path) -> PreparedData:
+        """A text file (one text per line) or a table with a text column; a label column (the other column
+        with the fewest values whose values are the learner's classes) gives accuracy."""
+        import pandas as pd
+
+        sample = Path(sample).expanduser()
+        if not sample.is_file():
+            raise PipelineError(f"--sample {sample}: no such file (expected {self.sample_help})")
+        if sample.suffix.lower() in (".csv", ".tsv", ".parquet", ".pq"):
+            frame = read_table(sample)
+            text_col, label_col = detect_columns(frame, "text" if "text" in frame.columns else None, None, label_optional=True)
+            classes = set(self.labels(learn))
+            if label_col is not None and not set(frame[label_col].dropna().astype(str)) <= classes:
+                label_col = None
+        else:
+            lines = [line for line in sample.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+            frame, text_col, label_col = pd.DataFrame({"text": lines}), "text", None
+        frame = frame[frame[text_col].notna()].reset_index(drop=True)
+        if frame.empty:
+            raise PipelineError(f"--sample {sample}: no texts in it")
+        return PreparedData(dls=learn.dls, source=f"sample {sample}", details={
+            "sample_texts": len(frame), "text_col": text_col, "label_col": label_col, "raw_valid": frame,
+        })
+
     # ----- model and training -----------------------------------------------------------------
-    def build_learner(self, data: PreparedData, options: dict):
+    def build_learner(self, data: PreparedData, options: TextOptions, pretrained: str | None = None) -> BuiltLearner:
         from fastai.text.all import AWD_LSTM, accuracy, text_classifier_learner
 
-        pretrained = options["pretrained"] != "no"
-        size = options["model_size"]
-        if pretrained and size in ("auto", "book"):
+        pretrained = pretrained or options.pretrained
+        size = options.model_size
+        extras = {"dls_lm": data.details["dls_lm"]}
+        if pretrained != "no" and size in ("auto", "book"):
             try:
-                learn = text_classifier_learner(data.dls, AWD_LSTM, drop_mult=options["drop_mult"] or 0.5,
-                                                pretrained=True, metrics=accuracy)
-                learn.pretrained_encoder, learn.pretrained_note, learn.model_size = True, "WikiText-103 weights", "book"
-                learn.dls_lm = data.details["dls_lm"]
-                return learn
+                drop_mult = options.drop_mult or 0.5
+                learn = text_classifier_learner(data.dls, AWD_LSTM, drop_mult=drop_mult, pretrained=True, metrics=accuracy)
+                resolved = dataclasses.replace(options, model_size="book", drop_mult=drop_mult)
+                return BuiltLearner(learn, resolved, True, "WikiText-103 weights", extras)
             except Exception as error:
-                if options["pretrained"] == "yes":
+                if pretrained == "yes":
                     raise PipelineError(f"--pretrained yes, but the WikiText-103 weights could not be loaded "
                                         f"({type(error).__name__}: {error})") from None
                 click.echo(f"note: WikiText-103 weights unavailable ({type(error).__name__}), training from scratch")
         size = "small" if size == "auto" else size
-        learn = text_classifier_learner(data.dls, AWD_LSTM, drop_mult=options["drop_mult"] or 0.3, pretrained=False,
+        drop_mult = options.drop_mult or 0.3
+        learn = text_classifier_learner(data.dls, AWD_LSTM, drop_mult=drop_mult, pretrained=False,
                                         config=dict(MODEL_SIZES[size]), metrics=accuracy)
-        learn.pretrained_encoder, learn.pretrained_note, learn.model_size = False, "trained from scratch", size
-        learn.dls_lm = data.details["dls_lm"]
-        options["model_size"] = size
-        return learn
+        return BuiltLearner(learn, dataclasses.replace(options, model_size=size, drop_mult=drop_mult), False,
+                            "trained from scratch", extras)
 
-    def fine_tune_language_model(self, learn, options: dict) -> str:
+    def fine_tune_language_model(self, built: BuiltLearner) -> str:
         """ULMFiT's middle step: a language model on these texts, whose encoder the classifier starts from."""
         from fastai.text.all import AWD_LSTM, Perplexity, accuracy, awd_lstm_lm_config, language_model_learner
 
+        learn, options, dls_lm = built.learn, built.options, built.extras["dls_lm"]
         # unlike the classifier's, the language model's config replaces fastai's defaults: merge them
-        config = None if learn.model_size == "book" else {**awd_lstm_lm_config, **MODEL_SIZES[learn.model_size]}
-        learn_lm = language_model_learner(learn.dls_lm, AWD_LSTM, drop_mult=options["drop_mult"] or 0.3,
-                                          pretrained=learn.pretrained_encoder, config=config,
-                                          metrics=[accuracy, Perplexity()])
-        epochs = options["lm_epochs"]
-        click.echo(f"language model: fit_one_cycle({epochs}, 2e-2) on {len(learn.dls_lm.train_ds)} texts")
-        scratch = Path(tempfile.mkdtemp(prefix="text-lm-"))
+        config = None if options.model_size == "book" else {**awd_lstm_lm_config, **MODEL_SIZES[options.model_size]}
+        learn_lm = language_model_learner(dls_lm, AWD_LSTM, drop_mult=options.drop_mult, pretrained=built.pretrained,
+                                          config=config, metrics=[accuracy, Perplexity()])
+        epochs = options.lm_epochs
+        click.echo(f"language model: fit_one_cycle({epochs}, 2e-2) on {len(dls_lm.train_ds)} texts")
+        saved_path, scratch = learn.path, Path(tempfile.mkdtemp(prefix="text-lm-"))
         try:
             learn_lm.path = learn.path = scratch
             learn_lm.fit_one_cycle(epochs, 2e-2)
@@ -175,30 +209,35 @@ class TextTask(Task):
             learn.load_encoder("finetuned")
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+            learn.path = saved_path
         accuracy_lm, perplexity = (float(v) for v in learn_lm.recorder.values[-1][2:4])
         return f"language model fine-tuned {epochs} epochs (next-token accuracy {accuracy_lm:.3f}, perplexity {perplexity:.1f}), then "
 
-    def train(self, learn, options: dict) -> TrainingSummary:
+    def pretrained_schedule(self, built: BuiltLearner, history: TrainingHistory) -> tuple[str, str]:
+        learn = built.learn
+        schedule = "book: gradual unfreezing, fit_one_cycle 1/1/1/2 epochs with discriminative learning rates"
+        reason = "the encoder starts from WikiText-103 weights"
+        click.echo(f"schedule: {schedule} ({reason})")
+        history.fit("head", lambda: learn.fit_one_cycle(1, 2e-2))
+        learn.freeze_to(-2)
+        history.fit("last two", lambda: learn.fit_one_cycle(1, slice(1e-2 / 2.6**4, 1e-2)))
+        learn.freeze_to(-3)
+        history.fit("last three", lambda: learn.fit_one_cycle(1, slice(5e-3 / 2.6**4, 5e-3)))
+        learn.unfreeze()
+        history.fit("all", lambda: learn.fit_one_cycle(2, slice(1e-3 / 2.6**4, 1e-3)))
+        return schedule, reason
+
+    def train(self, built: BuiltLearner, data: PreparedData) -> TrainingSummary:
         from fastai.callback.tracker import SaveModelCallback
 
+        learn, options = built.learn, built.options
+        prefix = self.fine_tune_language_model(built) if built.extras.get("dls_lm") is not None else ""
         history = TrainingHistory(learn)
-        saved_path = learn.path
-        prefix = self.fine_tune_language_model(learn, options) if learn.dls_lm is not None else ""
-        learn.path = saved_path
-        if learn.pretrained_encoder:
-            schedule = prefix + "book: gradual unfreezing, fit_one_cycle 1/1/1/2 epochs with discriminative learning rates"
-            reason = "the encoder starts from WikiText-103 weights"
-            click.echo(f"schedule: {schedule} ({reason})")
-            history.fit("head", lambda: learn.fit_one_cycle(1, 2e-2))
-            learn.freeze_to(-2)
-            history.fit("last two", lambda: learn.fit_one_cycle(1, slice(1e-2 / 2.6**4, 1e-2)))
-            learn.freeze_to(-3)
-            history.fit("last three", lambda: learn.fit_one_cycle(1, slice(5e-3 / 2.6**4, 5e-3)))
-            learn.unfreeze()
-            history.fit("all", lambda: learn.fit_one_cycle(2, slice(1e-3 / 2.6**4, 1e-3)))
-            return history.summary(schedule, reason)
-        epochs, lr = options["epochs"] or self.scratch_epochs, options["lr"] or self.scratch_lr
-        schedule = prefix + f"from scratch ({learn.model_size} AWD_LSTM): fit_one_cycle({epochs}, {lr:g}), best epoch kept"
+        if built.pretrained:
+            schedule, reason = self.pretrained_schedule(built, history)
+            return history.summary(prefix + schedule, reason)
+        epochs, lr = options.epochs or self.scratch_epochs, options.lr or self.scratch_lr
+        schedule = prefix + f"from scratch ({options.model_size} AWD_LSTM): fit_one_cycle({epochs}, {lr:g}), best epoch kept"
         reason = "no WikiText-103 weights; a small model overfits after a few epochs, so the best validation accuracy is kept"
         click.echo(f"schedule: {schedule} ({reason})")
         saved, learn.path = learn.path, Path(tempfile.mkdtemp(prefix="text-best-"))
@@ -213,20 +252,13 @@ class TextTask(Task):
         summary.final_metrics = {k: v for k, v in best.items() if k not in ("stage", "epoch")} | {"best_epoch": best["epoch"]}
         return summary
 
-    def model_from_artifact(self, folder: Path):
-        """fastai's classifier again, from an artifact folder's manifest and weights (benchmarks, notebooks)."""
-        import torch
-        from fastai.text.all import AWD_LSTM, get_text_classifier
+    @classmethod
+    def recognises(cls, learn) -> bool:
+        from fastai.text.models.core import PoolingLinearClassifier, SentenceEncoder, SequentialRNN
 
-        from services.manifest import Manifest
-
-        manifest = Manifest.read(folder)
-        size = manifest.provenance["options"]["model_size"]
-        model = get_text_classifier(AWD_LSTM, len(manifest.preprocessing.vocab), len(manifest.labels),
-                                    config=dict(MODEL_SIZES[size]) if size != "book" else None)
-        weights = Path(manifest.provenance.get("artifact_dir", folder)) / "fastai_weights.pth"
-        model.load_state_dict(torch.load(weights, map_location="cpu"))
-        return model.eval()
+        model = learn.model
+        return (isinstance(model, SequentialRNN) and len(model) == 2 and isinstance(model[0], SentenceEncoder)
+                and isinstance(model[1], PoolingLinearClassifier))
 
     # ----- export -----------------------------------------------------------------------------
     def encoder_settings(self, learn) -> tuple[int, int]:
@@ -257,7 +289,8 @@ class TextTask(Task):
     def parity_cases(self, learn, data: PreparedData) -> list[ParityCase]:
         texts = list(data.details["raw_valid"][data.details["text_col"]].astype(str))
         labels = list(learn.dls.vocab[1])
-        targets = [labels.index(str(v)) for v in data.details["raw_valid"][data.details["label_col"]]]
+        label_col = data.details["label_col"]
+        targets = None if label_col is None else np.array([labels.index(str(v)) for v in data.details["raw_valid"][label_col]])
         ids = [self.fastai_ids(learn.dls, text) for text in texts]
         bptt, max_len = self.encoder_settings(learn)
         pad = learn.dls.vocab[0].index("xxpad")
@@ -267,8 +300,8 @@ class TextTask(Task):
         by_length = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         singles = {
             "short text (< 72 tokens)": ids[by_length[0]][:40],
-            "exactly 72 tokens": (ids[by_length[-1]] * 2)[:72],
-            "long text (> 72 tokens)": (ids[by_length[-1]] * 4)[:250],
+            "exactly 72 tokens": repeated(ids[by_length[-1]], 72),
+            "long text (> 72 tokens)": repeated(ids[by_length[-1]], 250),
             f"longer than max_len ({max_len})": self.fastai_ids(learn.dls, long_text),
         }
         cases = []
@@ -279,7 +312,7 @@ class TextTask(Task):
         mixed = [ids[i] for i in by_length[:: max(1, len(by_length) // 7)][:7]]
         for name, group, group_targets in (
             ("mixed lengths, batch of 7", mixed, None),
-            (f"validation set ({len(ids)})", ids, np.array(targets)),
+            (f"{'sample' if 'sample_texts' in data.details else 'validation set'} ({len(ids)})", ids, targets),
         ):
             tokens, lengths = batch_ids(group, pad)
             expected = np.stack([self.fastai_logits(learn, one) for one in group])
@@ -299,15 +332,10 @@ class TextTask(Task):
         return TextPreprocessing(rules=[rule.__name__ for rule in tokenizer.rules], vocab=vocab,
                                  pad_index=vocab.index("xxpad"), bptt=bptt, max_len=max_len)
 
-    def check_preprocessing(self, learn, data: PreparedData) -> PreprocessingCheck:
+    def preprocessing_probes(self, learn, data: PreparedData):
         spec = self.preprocessing(learn)
         numericalize = Numericalizer(spec)
         corpus = TOKENIZER_PROBES + list(data.details["raw_valid"][data.details["text_col"]].astype(str))[:200]
-        details, mismatches = [], 0
         for text in corpus:
-            served, expected = numericalize(tokenize(text, spec)), self.fastai_ids(learn.dls, text)
-            if served != expected:
-                mismatches += 1
-                details.append({"text": text[:80], "served": served[:20], "fastai": expected[:20]})
-        return PreprocessingCheck(compared=len(corpus), max_abs_error=float(mismatches), passed=mismatches == 0,
-                                  details=details or [{"texts": len(corpus), "identical token ids": len(corpus)}])
+            yield PreprocessingProbe(repr(text[:60]), np.array(numericalize(tokenize(text, spec))),
+                                     np.array(self.fastai_ids(learn.dls, text)))
