@@ -58,6 +58,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["siamese", "unet", "text", "tabular"])
     args = parser.parse_args()
+    print(f"command: python -m benchmarks.bench_user_learners {' '.join(sys.argv[1:])}".rstrip())
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M')}, machine: {os.cpu_count()} CPUs")
     work = Path(tempfile.mkdtemp(prefix="user-learners-"))
     os.environ["BENTOML_HOME"] = str(work / "bentoml")
     os.environ.setdefault("PIPELINES_CACHE", str(work / "cache"))

@@ -32,7 +32,12 @@ def print_table(title: str, rows: list[dict]) -> None:
     print("| " + " | ".join(headers) + " |")
     print("|" + "---|" * len(headers))
     for entry in rows:
-        print("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in entry.values()) + " |")
+        print("| " + " | ".join(number(v) if isinstance(v, float) else str(v) for v in entry.values()) + " |")
+
+
+def number(value: float) -> str:
+    """Two decimals, or three significant digits for values too small for that (parity errors)."""
+    return f"{value:.2f}" if abs(value) >= 0.01 or value == 0 else f"{value:.2e}"
 
 
 def model_arguments(description: str, task: str):

@@ -195,10 +195,15 @@ class Task(ABC):
         return built, data
 
     def model_from_artifact(self, folder: Path):
-        """The trained PyTorch model again, from an artifact folder (benchmarks, notebooks)."""
-        from pipelines.artifact import load_model_source
+        """The trained PyTorch model again, from an artifact folder or a registered model's folder (whose
+        manifest names the artifact folder it came from), for benchmarks and notebooks."""
+        from pipelines.artifact import SOURCE_FILE, load_model_source
+        from services.manifest import Manifest
 
-        return load_model_source(Path(folder)).learn.model.eval().cpu()
+        folder = Path(folder)
+        if not (folder / SOURCE_FILE).is_file():
+            folder = Path(Manifest.read(folder).provenance["artifact_dir"])
+        return load_model_source(folder).learn.model.eval().cpu()
 
     # ----- a Learner a user brings ---------------------------------------------------------------
     @classmethod
