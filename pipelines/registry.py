@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pipelines.errors import PipelineError
 from pipelines.tasks.base import Task
+from pipelines.tasks.classifier import ClassifierTask
 from pipelines.tasks.siamese import SiameseTask
 from pipelines.tasks.tabular import TabularTask
 from pipelines.tasks.text import TextTask
 from pipelines.tasks.unet import UnetTask
 
-TASKS: dict[str, type[Task]] = {task.name: task for task in (SiameseTask, TabularTask, UnetTask, TextTask)}
+TASKS: dict[str, type[Task]] = {
+    task.name: task for task in (SiameseTask, TabularTask, UnetTask, TextTask, ClassifierTask)
+}
 
 
 def get_task(name: str) -> Task:

@@ -2,11 +2,73 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
 import click
 
+from pipelines.data import IMAGE_EXTENSIONS, digits_image_folder, download_book_dataset, image_files
 from pipelines.errors import PipelineError
+from pipelines.tasks.base import PreprocessingProbe, TaskOptions, option
 
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50")
+BOOK_LABEL_PATTERN = r"^(.*)_\d+.jpg$"
+
+
+def regex_label_func(pattern: str):
+    compiled = re.compile(pattern)
+
+    def label_func(fname: Path) -> str:
+        match = compiled.match(Path(fname).name)
+        if match is None:
+            raise PipelineError(f"file name {Path(fname).name!r} does not match the label pattern {pattern!r}")
+        return match.groups()[0]
+
+    return label_func
+
+
+def parent_label_func(fname: Path) -> str:
+    return Path(fname).parent.name
+
+
+@dataclass
+class ImageFolderOptions(TaskOptions):
+    """Where images come from and how their class is read: shared by the image-classification tasks."""
+
+    data: str = option("digits", "'digits' (embedded, offline), 'pets' (Oxford-IIIT Pets via fastai's untar_data), "
+                                 "or a folder of images.")
+    label_from: str = option("filename", "Where a user folder's class comes from.", choices=("filename", "folder"))
+    label_pattern: str = option(BOOK_LABEL_PATTERN, "Regex whose first group is the class, matched against the file name.")
+    image_size: int | None = option(None, "Square training size in pixels [default: 32 for digits, 224 otherwise].",
+                                    type=click.IntRange(16, 1024))
+    arch: str = option("resnet34", "Encoder architecture (torchvision ResNet).", choices=ARCHITECTURES)
+    pretrained: str = option("auto", "ImageNet weights: 'auto' uses them when cached or downloadable, else trains "
+                                     "from scratch.", choices=("auto", "yes", "no"))
+
+
+def resolve_image_files(options: ImageFolderOptions) -> tuple[list[Path], callable, str]:
+    """The image files of `--data`, the function that reads a file's class, and the data's description."""
+    data = options.data
+    if data == "digits":
+        folder = digits_image_folder()
+        return image_files(folder), regex_label_func(BOOK_LABEL_PATTERN), "digits (scikit-learn load_digits, embedded)"
+    if data == "pets":
+        from fastai.data.external import URLs
+
+        path = download_book_dataset(URLs.PETS, "Oxford-IIIT Pets", "--data digits or --data FOLDER")
+        return image_files(path / "images"), regex_label_func(BOOK_LABEL_PATTERN), f"Oxford-IIIT Pets ({path})"
+    folder = Path(data).expanduser()
+    if not folder.exists():
+        raise PipelineError(f"--data {data}: no such folder (expected 'digits', 'pets' or a folder of images)")
+    if not folder.is_dir():
+        raise PipelineError(f"--data {data}: not a folder")
+    files = image_files(folder)
+    if not files:
+        raise PipelineError(f"--data {data}: no image files found (looked for .jpg, .jpeg, .png and others)")
+    if options.label_from == "folder":
+        return files, parent_label_func, f"folder {folder} (class = parent folder)"
+    return files, regex_label_func(options.label_pattern), f"folder {folder} (class from file name)"
 
 
 def imagenet_weights(arch: str, choice: str):
@@ -61,29 +123,33 @@ def image_preprocessing(dls):
 
 def fastai_image_tensors(dls, files) -> list:
     """fastai's own validation tensors for image files, one (C, H, W) array each: `PILImage.create`, the
-    DataLoaders' `after_item` (Resize, ToTensor) and `after_batch` (IntToFloatTensor, Normalize), the
-    transforms `test_dl` runs. One image at a time: without a Resize the images keep their own sizes."""
-    from fastai.vision.all import PILImage
+    DataLoaders' `after_item` (Resize, ToTensor) and `after_batch` (IntToFloatTensor, Normalize) as the
+    validation DataLoader runs them (split_idx 1: training-only augmentation skipped), which is what
+    `test_dl` does. One image at a time: without a Resize the images keep their own sizes."""
+    from fastai.vision.all import PILImage, compose_tfms
 
-    return [dls.valid.after_batch(dls.valid.after_item(PILImage.create(f))[None])[0].cpu().float().numpy()
+    def valid(pipeline, x):
+        return compose_tfms(x, tfms=pipeline.fs, split_idx=1)
+
+    return [valid(dls.valid.after_batch, valid(dls.valid.after_item, PILImage.create(f))[None])[0].cpu().float().numpy()
             for f in files]
 
 
-def served_image_tensor(path, spec) -> "np.ndarray":
+def served_image_tensor(path, spec):
     """What the service makes of an uploaded image file (services/, no fastai)."""
-    from pathlib import Path
-
     from services.images import decode_image, image_to_tensor
 
     return image_to_tensor(decode_image(Path(path).read_bytes(), "image", spec.color_mode), spec)
 
 
+def image_probes(dls, files, spec):
+    """Each image file's serving-side tensor beside fastai's (for `Task.preprocessing_probes`)."""
+    for path, expected in zip(files, fastai_image_tensors(dls, files)):
+        yield PreprocessingProbe(Path(path).name, served_image_tensor(path, spec), expected)
+
+
 def sample_image_files(sample) -> list:
     """The image files of a `--sample` folder (or one image file)."""
-    from pathlib import Path
-
-    from pipelines.data import IMAGE_EXTENSIONS, image_files
-
     sample = Path(sample).expanduser()
     if sample.is_file() and sample.suffix.lower() in IMAGE_EXTENSIONS:
         return [sample]
@@ -99,8 +165,6 @@ def read_image_pairs(sample):
     """Image pairs of a Siamese `--sample`: a CSV with `image_a,image_b` columns (paths relative to the
     CSV's folder; an optional `same` column of true/false gives accuracy), or a folder of images paired
     in name order. Returns (pairs, same-or-None)."""
-    from pathlib import Path
-
     import numpy as np
 
     sample = Path(sample).expanduser()

@@ -7,6 +7,7 @@
         client.segment("street.png")                   # PIL image, pixel value = class index
         client.classify("A lovely, fresh coffee.").predictions[0].label
         client.predict_records([{"island": "Biscoe", ...}]).predictions[0].prediction
+        client.classify_image("cat.jpg", k=3).predictions[0].label
 
 It needs only httpx, pydantic and Pillow (no ONNX Runtime, no model store). A 4xx or 5xx answer raises
 PipelinesRequestError with the status and the server's message.
@@ -22,7 +23,7 @@ from typing import Any, Union
 import httpx
 from PIL import Image
 
-from services.schemas import SegmentationSummary, SiamesePrediction, TabularResponse, TextResponse
+from services.schemas import ClassifierResponse, SegmentationSummary, SiamesePrediction, TabularResponse, TextResponse
 
 ImageInput = Union[str, Path, bytes, Image.Image]
 
@@ -123,6 +124,17 @@ class PipelinesClient:
     def predict_records(self, records: list[dict]) -> TabularResponse:
         """Tabular: a prediction for each record (a dict keyed by column name)."""
         return TabularResponse.model_validate_json(self._post("/tabular/predict", json={"records": records}).content)
+
+    def classify_image(self, image: ImageInput, k: int = 5) -> ClassifierResponse:
+        """Classifier: the k most probable classes of one image."""
+        response = self._post("/classifier/predict", files={"image": image_upload(image, "image")}, data={"k": str(k)})
+        return ClassifierResponse.model_validate_json(response.content)
+
+    def classify_images(self, images: list[ImageInput], k: int = 5) -> ClassifierResponse:
+        """Classifier: the k most probable classes of each image, in order."""
+        files = [("images", image_upload(image, f"image{n}")) for n, image in enumerate(images)]
+        response = self._post("/classifier/predict_batch", files=files, data={"k": str(k)})
+        return ClassifierResponse.model_validate_json(response.content)
 
     def models(self) -> dict[str, dict]:
         """Each task's model version, provider in use, inputs, outputs, labels and training metrics."""

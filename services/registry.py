@@ -8,7 +8,9 @@ and one line below, beside its spec in pipelines/tasks/.
 
 from __future__ import annotations
 
-from services import siamese, tabular, text, unet
+from services import classifier, siamese, tabular, text, unet
 from services.loading import ServedTask
 
-SERVED_TASKS: dict[str, ServedTask] = {module.SERVED.name: module.SERVED for module in (siamese, unet, text, tabular)}
+SERVED_TASKS: dict[str, ServedTask] = {
+    module.SERVED.name: module.SERVED for module in (siamese, unet, text, tabular, classifier)
+}

@@ -52,3 +52,19 @@ class TabularResponse(BaseModel):
     predictions: list[TabularPrediction]
     model: str
     provider: str
+
+
+class LabelProbability(BaseModel):
+    label: str
+    probability: float = Field(ge=0, le=1)
+
+
+class ImageClassification(BaseModel):
+    label: str = Field(description="the most probable class")
+    top: list[LabelProbability] = Field(description="the k most probable classes, most probable first")
+
+
+class ClassifierResponse(BaseModel):
+    predictions: list[ImageClassification] = Field(description="one per uploaded image, in upload order")
+    model: str
+    provider: str

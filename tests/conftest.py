@@ -91,3 +91,15 @@ def text_run(run_dir):
     synthetic_reviews(240).to_csv(path, index=False)
     task = get_task("text")
     return task, train_and_export(task, dict(TINY_TEXT_OPTIONS, data=str(path), output=run_dir / "text_run"))
+
+
+@pytest.fixture(scope="session")
+def classifier_run(run_dir, digits_folder):
+    """A vision_learner image classifier trained for seconds on 300 embedded digits, exported, checked, registered."""
+    from pipelines.registry import get_task
+    from pipelines.run import train_and_export
+    from tests.helpers import TINY_CLASSIFIER_OPTIONS
+
+    task = get_task("classifier")
+    options = dict(TINY_CLASSIFIER_OPTIONS, data=str(digits_folder), output=run_dir / "classifier_run")
+    return task, train_and_export(task, options)

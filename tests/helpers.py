@@ -160,3 +160,7 @@ def check_container_context(bento, runtime: str = "onnxruntime") -> None:
     assert runtime in names
     assert not names & ({"onnxruntime", "onnxruntime-gpu"} - {runtime})
     assert not any(name.startswith(("torch", "fastai")) for name in names)
+
+TINY_CLASSIFIER_OPTIONS = dict(
+    image_size=32, arch="resnet18", pretrained="no", epochs=1, lr=3e-3, batch_size=32, seed=42, register=True,
+)

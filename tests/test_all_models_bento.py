@@ -5,6 +5,7 @@ GPU Bento refusing to start without CUDA."""
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import bentoml
 import numpy as np
@@ -23,8 +24,9 @@ PENGUIN = {"island": "Biscoe", "bill_length_mm": 48.6, "bill_depth_mm": 16.0, "f
 
 
 @pytest.fixture(scope="module")
-def runs(siamese_run, unet_run, text_run, tabular_run):
-    return {"siamese": siamese_run, "unet": unet_run, "text": text_run, "tabular": tabular_run}
+def runs(siamese_run, unet_run, text_run, tabular_run, classifier_run):
+    return {"siamese": siamese_run, "unet": unet_run, "text": text_run, "tabular": tabular_run,
+            "classifier": classifier_run}
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +87,7 @@ def test_gpu_bento_installs_onnxruntime_gpu_requests_a_gpu_and_refuses_to_start_
     assert "CUDA was requested" in completed.stdout + completed.stderr
 
 
-def test_built_bento_serves_all_four_models_as_fastai_predicts(served_bento, runs, latest_tags, tmp_path):
+def test_built_bento_serves_every_model_as_fastai_predicts(served_bento, runs, latest_tags, tmp_path):
     from tests.test_siamese_service import fastai_probability_same, pair_files
     from tests.test_tabular_service import records_of
 
@@ -131,6 +133,16 @@ def test_built_bento_serves_all_four_models_as_fastai_predicts(served_bento, run
         for prediction, row in zip(served.predictions, expected.numpy()):
             assert max(abs(prediction.probabilities[l] - float(p)) for l, p in zip(labels, row)) <= 1e-5
 
+        _, result = runs["classifier"]
+        images = [Path(item[0]) for item in result.learn.dls.valid_ds.items[:3]]
+        expected, _ = result.learn.get_preds(dl=result.learn.dls.test_dl(images, bs=3))
+        served = client.classify_images(images, k=3)
+        for prediction, row in zip(served.predictions, expected.numpy()):
+            assert len(prediction.top) == 3 and abs(prediction.top[0].probability - float(row.max())) <= 1e-4
+            for entry in prediction.top:
+                assert abs(entry.probability - float(row[result.manifest.labels.index(entry.label)])) <= 1e-4
+        assert client.classify_image(images[0], k=2).predictions[0].top == served.predictions[0].top[:2]
+
 
 @pytest.mark.parametrize(
     "call, message",
@@ -140,6 +152,9 @@ def test_built_bento_serves_all_four_models_as_fastai_predicts(served_bento, run
         (lambda c: c.classify("   "), "text: the text is empty"),
         (lambda c: c.classify_batch([]), "texts"),
         (lambda c: c.predict_records([{"island": "Biscoe"}]), "records.0.bill_length_mm: Field required"),
+        (lambda c: c.classify_image(b"GIF89a broken"), "image: not a recognised image format"),
+        (lambda c: c.classify_images([Image.new("RGB", (9, 9)), b"nope"]), "images[1]: not a recognised image format"),
+        (lambda c: c.classify_image(Image.new("RGB", (9, 9)), k=0), "k: Input should be greater than or equal to 1"),
     ],
 )
 def test_bad_input_is_a_400_naming_the_problem_and_the_bento_keeps_serving(served_bento, call, message):

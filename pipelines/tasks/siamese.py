@@ -7,7 +7,6 @@ both images; the features are concatenated and fed to `create_head(512*2, 2, ps=
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,16 +15,14 @@ import numpy as np
 
 from export.config import OnnxConfig, ParityTolerance, TensorConfig
 from export.parity import ParityCase
-from pipelines.data import digits_image_folder, download_book_dataset, image_files
 from pipelines.errors import PipelineError
-from pipelines.tasks.base import BuiltLearner, PreparedData, PreprocessingProbe, Task, TaskOptions, option
+from pipelines.tasks.base import BuiltLearner, PreparedData, Task, option
 from pipelines.training import TrainingHistory
 from pipelines.vision import (
-    ARCHITECTURES, fastai_image_tensors, image_preprocessing, imagenet_weights, read_image_pairs, served_image_tensor,
-    torchvision_arch,
+    ImageFolderOptions, fastai_image_tensors, image_preprocessing, image_probes, imagenet_weights, read_image_pairs,
+    resolve_image_files, torchvision_arch,
 )
 
-BOOK_LABEL_PATTERN = r"^(.*)_\d+.jpg$"
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
@@ -34,22 +31,6 @@ def book():
     from pipelines.tasks import siamese_book
 
     return siamese_book
-
-
-def regex_label_func(pattern: str):
-    compiled = re.compile(pattern)
-
-    def label_func(fname: Path) -> str:
-        match = compiled.match(Path(fname).name)
-        if match is None:
-            raise PipelineError(f"file name {Path(fname).name!r} does not match the label pattern {pattern!r}")
-        return match.groups()[0]
-
-    return label_func
-
-
-def parent_label_func(fname: Path) -> str:
-    return Path(fname).parent.name
 
 
 def load_encoder(arch: str, pretrained: str):
@@ -62,49 +43,10 @@ def load_encoder(arch: str, pretrained: str):
 
 
 @dataclass
-class ImageFolderOptions(TaskOptions):
-    """Where images come from and how their class is read: shared by the image-classification tasks."""
-
-    data: str = option("digits", "'digits' (embedded, offline), 'pets' (Oxford-IIIT Pets via fastai's untar_data), "
-                                 "or a folder of images.")
-    label_from: str = option("filename", "Where a user folder's class comes from.", choices=("filename", "folder"))
-    label_pattern: str = option(BOOK_LABEL_PATTERN, "Regex whose first group is the class, matched against the file name.")
-    image_size: int | None = option(None, "Square training size in pixels [default: 32 for digits, 224 otherwise].",
-                                    type=click.IntRange(16, 1024))
-    arch: str = option("resnet34", "Encoder architecture (torchvision ResNet).", choices=ARCHITECTURES)
-    pretrained: str = option("auto", "ImageNet weights: 'auto' uses them when cached or downloadable, else trains "
-                                     "from scratch.", choices=("auto", "yes", "no"))
-
-
-@dataclass
 class SiameseOptions(ImageFolderOptions):
     frozen_epochs: int = option(4, "Pretrained schedule: epochs with the encoder frozen.", type=click.IntRange(0))
     unfrozen_lr: tuple[float, float] = option((1e-6, 1e-4), "Pretrained schedule: discriminative learning rates "
                                                             "(encoder, head) after unfreezing.", type=(float, float))
-
-
-def resolve_image_files(options: ImageFolderOptions) -> tuple[list[Path], callable, str]:
-    """The image files of `--data`, the function that reads a file's class, and the data's description."""
-    data = options.data
-    if data == "digits":
-        folder = digits_image_folder()
-        return image_files(folder), regex_label_func(BOOK_LABEL_PATTERN), "digits (scikit-learn load_digits, embedded)"
-    if data == "pets":
-        from fastai.data.external import URLs
-
-        path = download_book_dataset(URLs.PETS, "Oxford-IIIT Pets", "--data digits or --data FOLDER")
-        return image_files(path / "images"), regex_label_func(BOOK_LABEL_PATTERN), f"Oxford-IIIT Pets ({path})"
-    folder = Path(data).expanduser()
-    if not folder.exists():
-        raise PipelineError(f"--data {data}: no such folder (expected 'digits', 'pets' or a folder of images)")
-    if not folder.is_dir():
-        raise PipelineError(f"--data {data}: not a folder")
-    files = image_files(folder)
-    if not files:
-        raise PipelineError(f"--data {data}: no image files found (looked for .jpg, .jpeg, .png and others)")
-    if options.label_from == "folder":
-        return files, parent_label_func, f"folder {folder} (class = parent folder)"
-    return files, regex_label_func(options.label_pattern), f"folder {folder} (class from file name)"
 
 
 class SiameseTask(Task):
@@ -267,10 +209,8 @@ class SiameseTask(Task):
         return image_preprocessing(learn.dls)
 
     def preprocessing_probes(self, learn, data: PreparedData):
-        spec = self.preprocessing(learn)
         files = [path for pair in data.details["pairs"] for path in pair]
-        for path, expected in zip(files, fastai_image_tensors(learn.dls, files)):
-            yield PreprocessingProbe(Path(path).name, served_image_tensor(path, spec), expected)
+        return image_probes(learn.dls, files, self.preprocessing(learn))
 
     def pair_test_dl(self, dls, pairs: list[tuple[Path, Path]]):
         """fastai's own inference pipeline for raw file pairs: `dls.test_dl` over the book transform's

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import numpy as np
 
 from export.config import OnnxConfig, ParityTolerance, TensorConfig

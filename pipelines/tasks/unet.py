@@ -14,11 +14,11 @@ from export.parity import ParityCase
 from export.report import TrainingSummary
 from pipelines.data import digit_scenes_folder, download_book_dataset, image_files
 from pipelines.errors import PipelineError
-from pipelines.tasks.base import BuiltLearner, PreparedData, PreprocessingProbe, Task, TaskOptions, option
+from pipelines.tasks.base import BuiltLearner, PreparedData, Task, TaskOptions, option
 from pipelines.training import TrainingHistory
 from pipelines.vision import (
-    ARCHITECTURES, fastai_image_tensors, image_preprocessing, imagenet_weights, sample_image_files,
-    served_image_tensor, torchvision_arch,
+    ARCHITECTURES, fastai_image_tensors, image_preprocessing, image_probes, imagenet_weights, sample_image_files,
+    torchvision_arch,
 )
 
 # Sizes for the any-size proof: not multiples of 32 (the case fastai's traced graph breaks on) and one that is.
@@ -235,7 +235,4 @@ class UnetTask(Task):
         return [("Targets (left) and predictions (right) on validation images, fastai's show_results", "show_results.png")]
 
     def preprocessing_probes(self, learn, data: PreparedData):
-        spec = self.preprocessing(learn)
-        files = data.details["files"]
-        for path, expected in zip(files, fastai_image_tensors(learn.dls, files)):
-            yield PreprocessingProbe(Path(path).name, served_image_tensor(path, spec), expected)
+        return image_probes(learn.dls, data.details["files"], self.preprocessing(learn))
