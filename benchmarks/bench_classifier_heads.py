@@ -52,7 +52,7 @@ def main() -> None:
         metrics = source.summary.final_metrics
         parameters = sum(p.numel() for p in source.learn.model[1].parameters())
         rows.append({**configuration, "schedule": source.summary.schedule, "head parameters": parameters,
-                     "valid accuracy": metrics["accuracy"], "valid loss": metrics["valid_loss"],
+                     "valid accuracy": f"{metrics['accuracy']:.4f}", "valid loss": f"{metrics['valid_loss']:.4f}",
                      "train s": seconds})
     print_table(f"Classifier head and splitter on {args.data} ({args.arch}, seed {args.seed})", rows)
 

@@ -108,6 +108,14 @@ def image_preprocessing(dls):
 
     from services.manifest import ImagePreprocessing
 
+    resizing = [type(t).__name__ for t in dls.valid.after_batch.fs if getattr(t, "size", None) is not None]
+    if resizing:
+        raise PipelineError(
+            f"the learner's DataLoaders resize images batch by batch ({', '.join(resizing)}, e.g. from "
+            "aug_transforms(size=...)); the serving preprocessing reproduces item-level Resize only. Train with "
+            "item_tfms=Resize(size) and aug_transforms() without size, or export a learner whose validation "
+            "transforms are item-level"
+        )
     normalize = next((t for t in dls.valid.after_batch.fs if isinstance(t, Normalize)), None)
     if normalize is None:
         raise PipelineError("the learner's DataLoaders have no Normalize transform; the exporter needs the "

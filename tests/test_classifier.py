@@ -158,3 +158,22 @@ def test_an_unconvertible_custom_body_is_named(tmp_path, digits_folder):
     completed = run_cli("export", "--learner", str(tmp_path / "body.pkl"), "--sample", str(digits_folder),
                         "--output", str(tmp_path / "out"), env={"PYTHONPATH": str(tmp_path)})
     assert_clean_failure(completed, "no exporter could convert the model", "my_bodies.SpectralBody")
+
+
+def test_a_learner_that_resizes_on_the_batch_is_refused_clearly(tmp_path, digits_folder):
+    """The book's pets recipe resizes on the batch (aug_transforms(size=224)); the served preprocessing does not."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "make.py"
+    script.write_text(
+        "import sys\nfrom fastai.vision.all import *\npath = Path(sys.argv[1])\n"
+        "dls = ImageDataLoaders.from_name_re(path, get_image_files(path)[:60], r'^(.*)_\\d+.jpg$', item_tfms=Resize(40), "
+        "batch_tfms=aug_transforms(size=32, min_scale=0.75))\n"
+        "learn = vision_learner(dls, resnet18, pretrained=False)\nlearn.export(sys.argv[2])\n"
+    )
+    subprocess.run([sys.executable, str(script), str(digits_folder), str(tmp_path / "batch.pkl")], check=True,
+                   capture_output=True)
+    completed = run_cli("export", "--learner", str(tmp_path / "batch.pkl"), "--sample", str(digits_folder),
+                        "--output", str(tmp_path / "out"))
+    assert_clean_failure(completed, "resize images batch by batch", "item_tfms=Resize(size)")
