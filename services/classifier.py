@@ -32,11 +32,11 @@ class ClassifierHandler(TaskHandler):
         return softmax(self.model.run({self.manifest.input_names()[0]: images}))
 
     def classify(self, images: list[Path], k: int, field: str) -> ClassifierResponse:
+        if k < 1:  # the endpoints' schema says so too; checked before any image is decoded
+            raise InvalidArgument(f"k: must be at least 1, got {k}")
         names = [field] if len(images) == 1 and field == "image" else [f"{field}[{i}]" for i in range(len(images))]
         batch = np.stack([image_to_tensor(read_upload(path, name, self.spec.color_mode), self.spec)
                           for path, name in zip(images, names)])
-        if k < 1:
-            raise InvalidArgument(f"k: must be at least 1, got {k}")
         labels = self.manifest.labels
         k = min(k, len(labels))
         predictions = []
