@@ -63,19 +63,16 @@ def write_record(folder: Path, record: dict) -> None:
 
 
 def write_trained(folder: Path, task: Task, built: BuiltLearner, data: PreparedData, summary: TrainingSummary,
-                  distributed: bool = False) -> dict:
-    """What `pipelines train` leaves: weights, resolved options, data recipe, metrics and loss curve.
-    Returns the record written to source.json."""
+                  distributed: bool = False) -> None:
+    """What `pipelines train` leaves: weights, resolved options, data recipe, metrics and loss curve."""
     folder = Path(folder)
     task.save_weights(built.learn, folder)
-    record = {
+    write_record(folder, {
         "kind": "trained", "task": task.name, "options": built.options.to_dict(), "data_source": data.source,
         "data": data.summary(), "pretrained": built.pretrained_note, "distributed": distributed,
-    }
-    write_record(folder, record)
+    })
     (folder / TRAINING_FILE).write_text(json.dumps(asdict(summary), indent=2) + "\n")
     plot_losses(summary, folder / "loss_curve.png")
-    return record
 
 
 def training_summary(folder: Path) -> TrainingSummary | None:

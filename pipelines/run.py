@@ -116,9 +116,9 @@ def train(task: Task, options: TaskOptions, output: Path | None, distributed: bo
         click.echo(f"      process {rank}: training done; process 0 exports, checks parity and registers")
         return None
     click.echo("      final: " + ", ".join(f"{k}={v:.4f}" for k, v in summary.final_metrics.items()))
-    record = write_trained(folder, task, built, data, summary, distributed)
+    write_trained(folder, task, built, data, summary, distributed)
     click.echo(f"      wrote {folder}: fastai weights, options, training history")
-    return ModelSource(task, built.learn, data, record, folder, summary)
+    return ModelSource(task, built.learn, data, read_record(folder), folder, summary)
 
 
 def export(source: ModelSource, position: str = "") -> Manifest:
