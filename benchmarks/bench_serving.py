@@ -17,12 +17,9 @@ import argparse
 import io
 import os
 import statistics
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 
 VARIANTS = {
     "one-service": ("services.pipelines:Pipelines", {}),
@@ -116,37 +113,6 @@ def alone(call, url: str, repeats: int) -> list[float]:
     return samples
 
 
-def under_load(call, url: str, clients: int, total: int) -> tuple[float, list[float], dict[int, int]]:
-    """`clients` threads share `total` requests; returns requests/s, latencies (ms) and status counts."""
-    import requests
-
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    lock = threading.Lock()
-    remaining = iter(range(total))
-
-    def client() -> None:
-        with requests.Session() as http:
-            while True:
-                with lock:
-                    if next(remaining, None) is None:
-                        return
-                started = time.perf_counter()
-                try:
-                    status = call(http, url).status_code
-                except requests.RequestException:
-                    status = 0
-                with lock:
-                    latencies.append((time.perf_counter() - started) * 1000)
-                    statuses[status] = statuses.get(status, 0) + 1
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        for future in [pool.submit(client) for _ in range(clients)]:
-            future.result()
-    return total / (time.perf_counter() - started), latencies, statuses
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=["one-service"],
@@ -158,6 +124,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from benchmarks.common import print_table
+    from pipelines.bench import sweep
     from tests.helpers import bentoml_server
 
     calls = endpoint_calls()
@@ -171,13 +138,11 @@ def main() -> None:
             idle_mb = process_tree_rss_mb(url.pid)
             for name, call in calls.items():
                 single = alone(call, url, args.repeats)
-                rate, latencies, statuses = under_load(call, url, args.clients, args.requests)
-                errors = sum(count for status, count in statuses.items() if status != 200)
+                loaded = sweep(lambda http: call(http, ""), url, args.clients, args.requests, budget_s=600)
                 endpoints.append({
                     "variant": variant, "endpoint": name, "alone p50 ms": statistics.median(single),
-                    f"{args.clients} clients req/s": rate, "p50 ms": statistics.median(latencies),
-                    "p95 ms": float(np.percentile(latencies, 95)), "errors": errors,
-                    "statuses": " ".join(f"{s}x{c}" for s, c in sorted(statuses.items())),
+                    f"{args.clients} clients req/s": loaded["req/s"], "p50 ms": loaded["p50 ms"],
+                    "p95 ms": loaded["p95 ms"], "errors": loaded["errors"],
                 })
             summary.append({"variant": variant, "target": target, "ready after s": startup,
                             "RSS idle MB": idle_mb, "RSS after load MB": process_tree_rss_mb(url.pid)})

@@ -7,7 +7,6 @@ measures it. The session comes from `services.runtime.create_session`, the funct
 from __future__ import annotations
 
 import enum
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,14 +33,6 @@ class FailureKind(str, enum.Enum):
     PREPROCESSING = "preprocessing"  # serving preprocessing differs from fastai's tensors
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass
 class ParityCase:
     """Inputs keyed by ONNX input name; `targets` enable the task metrics (`accuracy` and `dice` on class
@@ -55,6 +46,8 @@ class ParityCase:
     # Reference outputs computed elsewhere (e.g. by fastai's original model one text at a time); when
     # absent, the reference is the exported PyTorch module itself.
     expected: np.ndarray | None = None
+    # Random inputs (a second image size, say): they prove the graph's arithmetic, not the model's quality.
+    synthetic: bool = False
 
 
 @dataclass

@@ -113,3 +113,36 @@ Verdict: **{'passed' if parity.passed else 'FAILED'}**. Tolerances: {parity.tole
     path = folder / REPORT_FILE
     path.write_text(text)
     return path
+
+
+INT8_SECTION = "\n## int8: fp32 vs int8 under ONNX Runtime (`pipelines quantize`)\n"
+
+
+def write_int8_report(folder: Path, quantized) -> Path:
+    """The int8 section of report.md (replacing an earlier one): the gate, what int8 lost, its speed."""
+    path = Path(folder) / REPORT_FILE
+    text = path.read_text() if path.is_file() else ""
+    text = text.split(INT8_SECTION)[0].rstrip("\n") + "\n"
+    judged_rows = [
+        {"case": case.name, "rows": case.rows, "argmax agreement": case.argmax_agreement,
+         "max abs Δlogit": case.logits_max_abs_error,
+         "metrics (fp32 / int8)": "; ".join(f"{name} {_cell(v['fp32'])} / {_cell(v['int8'])}"
+                                             for name, v in case.metrics.items()) or "-"}
+        for case in quantized.judged
+    ]
+    speed_rows = [{"batch": batch, "fp32 ms": times["fp32"], "int8 ms": times["int8"],
+                   "speed-up": times["fp32"] / times["int8"]} for batch, times in quantized.latency_ms.items()]
+    gate = quantized.gate
+    verdict = "passed: served with PIPELINES_PRECISION=int8 or auto" if quantized.passed else \
+        "NOT KEPT: " + "; ".join(quantized.problems)
+    text += f"""{INT8_SECTION}
+Method: {quantized.method}; calibration: {quantized.calibration['source']}. Gate: metric loss at most
+{gate['max_metric_loss']} points, argmax agreement with fp32 at least {gate['min_agreement']}, speed-up at least
+{gate['min_speedup']}x. Verdict: **{verdict}**.
+
+{_table(judged_rows)}
+
+{_table(speed_rows)}
+"""
+    path.write_text(text)
+    return path

@@ -11,8 +11,10 @@ import shutil
 from pathlib import Path
 
 from export.errors import NotVerifiedError
-from export.parity import ParityReport, file_sha256
-from services.manifest import MANIFEST_FILE, MODEL_FILE, PARITY_FILE, REPORT_FILE, Manifest
+from export.parity import ParityReport
+from services.manifest import (
+    INT8_MODEL_FILE, MANIFEST_FILE, MODEL_FILE, PARITY_FILE, REPORT_FILE, Manifest, file_sha256,
+)
 
 # BentoML model names: lowercase letters, digits, '-', '_' and '.', starting with a letter or digit.
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -43,14 +45,25 @@ def check_verified(artifact_dir: Path) -> dict:
     return report
 
 
+def int8_passed(artifact_dir: Path, report: dict) -> bool:
+    """Whether model.int8.onnx passed its gate, as parity.json records, and is the file it judged."""
+    section, path = report.get("int8") or {}, Path(artifact_dir) / INT8_MODEL_FILE
+    return bool(section.get("passed")) and path.is_file() and section.get("sha256") == file_sha256(path)
+
+
 def register_model(name: str, artifact_dir: Path, labels: dict[str, str], metadata: dict) -> str:
+    """Returns the tag; the int8 model goes in only when it passed its gate."""
     artifact_dir = Path(artifact_dir)
     check_model_name(name)
-    check_verified(artifact_dir)
+    report = check_verified(artifact_dir)
     Manifest.read(artifact_dir)  # a manifest the services can read
     import bentoml
 
+    precisions = ["fp32", "int8"] if int8_passed(artifact_dir, report) else ["fp32"]
+    labels = {**labels, "precision": "-".join(precisions)}
     files = [artifact_dir / name for name in (MODEL_FILE, MANIFEST_FILE, PARITY_FILE, REPORT_FILE)]
+    if "int8" in precisions:
+        files.append(artifact_dir / INT8_MODEL_FILE)
     files += sorted(artifact_dir.glob("*.png"))
     with bentoml.models.create(name, labels=labels, metadata=metadata) as model:
         for item in files:

@@ -24,6 +24,9 @@ CHAIN_OPTIONS = [
     click.Option(["--register/--no-register"], default=True, show_default=True,
                  help="Save into the BentoML model store (only ever after parity passed)."),
     click.Option(["--name"], default=None, help=NAME_HELP),
+    click.Option(["--precision"], type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
+                 help="int8: also quantize after verify (`pipelines quantize`); registered beside fp32 only when "
+                      "it passes the task's accuracy gate."),
     DISTRIBUTED_OPTION,
 ]
 
@@ -204,6 +207,20 @@ def verify_command(artifact, sample):
     click.echo(f"next: pipelines register {artifact}")
 
 
+@main.command("quantize")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--calibration", type=click.Path(path_type=Path), default=None,
+              help="Inputs for static quantization's activation ranges, in the --sample format [default: the "
+                   "training split; required for a learner brought without its training data].")
+def quantize_command(artifact, calibration):
+    """Stage 3b: write model.int8.onnx beside a verified model.onnx and judge it against fp32 with the task's
+    accuracy gate (parity.json, report.md); exit 1 when int8 fails the gate (fp32 stays what is served)."""
+    from pipelines.run import quantize_artifact
+
+    report_errors(lambda: quantize_artifact(artifact, calibration), debug_enabled())
+    click.echo(f"next: pipelines register {artifact}")
+
+
 @main.command("register")
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--name", default=None, help=NAME_HELP)
@@ -216,6 +233,133 @@ def register_command(artifact, name):
 
     tag = report_errors(lambda: register(artifact, name), debug_enabled())
     click.echo(f"serve it:  {serve_hint(Manifest.read(artifact).task, tag)}")
+
+
+@main.command("bench")
+@click.argument("target", required=False)
+@click.option("--url", default=None, help="Benchmark a running Bento at this URL instead of a model in process.")
+@click.option("--threads", type=click.IntRange(1), default=2, show_default=True,
+              help="Threads for PyTorch and each ONNX Runtime session (same for every runtime).")
+@click.option("--rounds", type=click.IntRange(2), default=7, show_default=True, help="Interleaved rounds per input.")
+@click.option("--repeats", type=click.IntRange(1), default=5, show_default=True, help="Calls per runtime and round.")
+@click.option("--openvino/--no-openvino", default=True, show_default=True,
+              help="Add OpenVINO's CPU runtime on the same model.onnx as a reference row, when it is installed.")
+@click.option("--concurrency", default="1,8,32", show_default=True, help="With --url: concurrent clients to sweep.")
+@click.option("--requests", type=click.IntRange(1), default=200, show_default=True,
+              help="With --url: requests per endpoint and concurrency level.")
+@click.option("--seconds", type=click.FloatRange(min=1), default=30.0, show_default=True,
+              help="Time budget per input (in process) or per endpoint and concurrency level (--url).")
+@click.option("--endpoint", "endpoints", multiple=True, help="With --url: only this endpoint (repeatable), e.g. /siamese/predict.")
+@click.option("--results", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True,
+              help="Folder for the log and the chart.")
+def bench_command(target, url, threads, rounds, repeats, openvino, concurrency, requests, seconds, endpoints, results):
+    """Measure TARGET (an artifact folder or a model tag such as siamese:latest) in one process: fastai/PyTorch
+    eager, ONNX Runtime fp32 and int8 (and OpenVINO as a reference), at batch 1 and 16; or, with --url, a
+    running Bento at 1, 8 and 32 concurrent clients. Prints a table, writes a log and a PNG chart under
+    benchmarks/results/."""
+    from pipelines.bench import bench_model, bench_url
+
+    if (target is None) == (url is None):
+        raise click.UsageError("give TARGET (artifact folder or model tag) or --url URL")
+    if url is not None:
+        try:
+            levels = tuple(int(part) for part in concurrency.split(","))
+        except ValueError:
+            raise click.UsageError(f"--concurrency {concurrency!r}: comma-separated client counts, e.g. 1,8,32") from None
+        report_errors(lambda: bench_url(url, levels, requests, seconds, endpoints, results), debug_enabled())
+    else:
+        report_errors(lambda: bench_model(target, threads, rounds, repeats, seconds, openvino, results),
+                      debug_enabled())
+
+
+@main.group("predict")
+@click.option("--url", default=None, help="A running Bento, e.g. http://localhost:3000.")
+@click.option("--model", default=None, help="Instead of --url: a model in the BentoML store (e.g. siamese:latest), "
+                                            "run in this process with ONNX Runtime, no server.")
+@click.pass_context
+def predict_group(ctx, url, model):
+    """Predict with a served or registered model: siamese A B; unet IMAGE -o MASK.png; text "..." or --file;
+    tabular --csv IN.csv --out OUT.csv; classifier IMAGE..."""
+    ctx.obj = {"url": url, "model": model}
+
+
+def prediction(ctx, task: str, action):
+    from pipelines.predict import run_prediction
+
+    options = ctx.obj
+    return report_errors(lambda: run_prediction(options["url"], options["model"], task, action), debug_enabled())
+
+
+@predict_group.command("siamese")
+@click.argument("image_a", type=click.Path(path_type=Path))
+@click.argument("image_b", type=click.Path(path_type=Path))
+@click.pass_context
+def predict_siamese(ctx, image_a, image_b):
+    """Are IMAGE_A and IMAGE_B of the same class?"""
+    from pipelines.predict import existing
+
+    answer = prediction(ctx, "siamese", lambda p: p.compare(*existing([image_a, image_b])))
+    click.echo(f"{'same' if answer.same else 'different'} (probability same {answer.probability_same:.4f}; "
+               f"{answer.model}, {answer.precision})")
+
+
+@predict_group.command("unet")
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Where to write the class mask PNG (pixel value = class index); never overwritten.")
+@click.pass_context
+def predict_unet(ctx, image, output):
+    """Segment IMAGE into a class mask PNG of its size."""
+    from pipelines.predict import existing
+
+    if output.exists():
+        raise click.ClickException(f"--output {output} already exists; choose a new file")
+    mask = prediction(ctx, "unet", lambda p: p.segment(existing([image])[0]))
+    mask.save(output, format="PNG")
+    import numpy as np
+
+    classes = np.unique(np.asarray(mask))
+    click.echo(f"wrote {output} ({mask.width}x{mask.height}; class indices present: {', '.join(map(str, classes))})")
+
+
+@predict_group.command("text")
+@click.argument("texts", nargs=-1)
+@click.option("--file", type=click.Path(path_type=Path), default=None, help="One text per line.")
+@click.pass_context
+def predict_text(ctx, texts, file):
+    """Classify TEXTS (or the lines of --file): one line each, label and probability, then the text."""
+    from pipelines.predict import read_texts
+
+    batch = report_errors(lambda: read_texts(texts, file), debug_enabled())
+    answer = prediction(ctx, "text", lambda p: p.classify_batch(batch))
+    for text, result in zip(batch, answer.predictions):
+        click.echo(f"{result.label}\t{result.probabilities[result.label]:.4f}\t{text[:80]}")
+
+
+@predict_group.command("tabular")
+@click.option("--csv", "source", type=click.Path(path_type=Path), required=True, help="Records, one per row.")
+@click.option("--out", "target", type=click.Path(path_type=Path), required=True,
+              help="The input's columns plus prediction and probability columns; never overwritten.")
+@click.pass_context
+def predict_tabular(ctx, source, target):
+    """Predict every row of a CSV, in chunks, with a progress bar."""
+    from pipelines.predict import predict_csv
+
+    count = prediction(ctx, "tabular", lambda p: predict_csv(p, source, target))
+    click.echo(f"wrote {count} predictions to {target}")
+
+
+@predict_group.command("classifier")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-k", "--top", "k", type=click.IntRange(1), default=3, show_default=True, help="Classes per image.")
+@click.pass_context
+def predict_classifier(ctx, images, k):
+    """The k most probable classes of each image."""
+    from pipelines.predict import existing
+
+    answer = prediction(ctx, "classifier", lambda p: p.classify_images(existing(images), k))
+    for image, result in zip(images, answer.predictions):
+        click.echo(f"{image}: " + ", ".join(f"{item.label} {item.probability:.4f}" for item in result.top))
 
 
 @main.group("train-and-export", cls=TaskGroup)

@@ -7,7 +7,9 @@ folder on its own: `pipelines train`, `pipelines export`, `pipelines verify`, `p
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +18,15 @@ import click
 
 from export.manifest import build_manifest
 from export.onnx_export import export_onnx
-from export.parity import ParityReport, check_parity, file_sha256
-from export.report import write_report
+from export.parity import ParityReport, check_parity
+from export.quantize import (
+    QuantizationReport, gate_problems, interleaved_latency, judge_case, quantize_model, rows_of,
+)
+from export.report import write_int8_report, write_report
 from pipelines.artifact import ModelSource, load_model_source, read_record, write_trained
 from pipelines.errors import PipelineError
 from pipelines.tasks.base import Task, TaskOptions
-from services.manifest import MODEL_FILE, PARITY_FILE, Manifest
+from services.manifest import INT8_MODEL_FILE, MODEL_FILE, PARITY_FILE, Manifest, file_sha256
 from services.runtime import create_session
 
 
@@ -156,7 +161,9 @@ def export(source: ModelSource, position: str = "") -> Manifest:
         exporter=exporter,
     )
     manifest.write(folder)
-    (folder / PARITY_FILE).unlink(missing_ok=True)  # a new model.onnx is unverified until verify runs
+    # A new model.onnx is unverified until verify runs, and an int8 file made from the old one is stale.
+    (folder / PARITY_FILE).unlink(missing_ok=True)
+    (folder / INT8_MODEL_FILE).unlink(missing_ok=True)
     return manifest
 
 
@@ -171,8 +178,7 @@ def verify(source: ModelSource, position: str = "") -> ParityReport:
                     "service's session options)", position)
     checksum = file_sha256(onnx_path)
     session = create_session(onnx_path, provider="cpu")
-    module = task.exportable_module(learn)
-    parity = check_parity(task.name, module, session, task.onnx_config, task.parity_cases(learn, source.data),
+    parity = check_parity(task.name, task.reference_module(learn), session, task.onnx_config, task.parity_cases(learn, source.data),
                           progress=click.echo)
     parity.preprocessing = task.check_preprocessing(learn, source.data)
     parity.data_source, parity.model_sha256 = source.data.source, checksum
@@ -190,6 +196,62 @@ def verify(source: ModelSource, position: str = "") -> ParityReport:
     return parity
 
 
+class QuantizationGateFailed(PipelineError):
+    """int8 lost more than the task's gate allows (or was not faster); fp32 stays what is served."""
+
+
+def quantize(source: ModelSource, calibration: Path | None = None, position: str = "") -> QuantizationReport:
+    """model.int8.onnx beside the verified model.onnx, judged against fp32 by the task's gate on the
+    evaluation data (the validation set, or the learner's sample); the judgement goes into parity.json
+    (section "int8") and the report. Raises QuantizationGateFailed when the gate is not met."""
+    from export.store import check_verified
+
+    task, learn, folder = source.task, source.learn, source.folder
+    gate = task.quantization_gate
+    if gate is None:
+        raise PipelineError(f"the {task.name} task has no int8 recipe")
+    parity = check_verified(folder)
+    stage("quantize", f"int8 ({gate.method} quantization) of {folder / MODEL_FILE}", position)
+    calibration_batches, calibration_source = None, "none (dynamic quantization: activations are quantized per run)"
+    if gate.method == "static":
+        calibration_batches, calibration_source = task.calibration_batches(
+            learn, source.data, calibration, gate.calibration_inputs, has_training_data=source.record["kind"] == "trained")
+        rows = sum(len(next(iter(batch.values()))) for batch in calibration_batches)
+        calibration_source = f"{rows} inputs from {calibration_source}"
+        click.echo(f"      calibrating activation ranges on {calibration_source}")
+    target = folder / INT8_MODEL_FILE
+    quantize_model(folder / MODEL_FILE, target, gate.method, calibration_batches, progress=click.echo)
+    click.echo(f"      wrote {target} ({target.stat().st_size / 1e6:.1f} MB; fp32 "
+               f"{(folder / MODEL_FILE).stat().st_size / 1e6:.1f} MB)")
+    sessions = {precision: create_session(path, provider="cpu")
+                for precision, path in (("fp32", folder / MODEL_FILE), ("int8", target))}
+    case = task.evaluation_case(task.parity_cases(learn, source.data))
+    stage("quantize", f"judging int8 against fp32 on {case.name} ({source.data.source})", position)
+    judged = judge_case(case.name, case.inputs, case.targets, case.metrics, sessions["fp32"], sessions["int8"])
+    latency = {f"batch {n}": interleaved_latency(sessions, rows_of(case.inputs, n)) for n in (1, 16)}
+    speedup = min(times["fp32"] / times["int8"] for times in latency.values())
+    problems = gate_problems(gate, judged, speedup)
+    for batch, times in latency.items():
+        click.echo(f"      {batch}: fp32 {times['fp32']:.2f} ms, int8 {times['int8']:.2f} ms "
+                   f"({times['fp32'] / times['int8']:.2f}x)")
+    scores = ", ".join(f"{name} {v['fp32']:.4f} -> {v['int8']:.4f}" for name, v in judged.metrics.items())
+    click.echo(f"      agreement with fp32 {judged.argmax_agreement:.4f}" + (f"; {scores}" if scores else ""))
+    report = QuantizationReport(
+        passed=not problems, method=gate.method, file=INT8_MODEL_FILE, sha256=file_sha256(target),
+        calibration={"source": calibration_source}, gate=dataclasses.asdict(gate), judged=[judged],
+        latency_ms=latency, speedup=speedup, problems=problems,
+    )
+    parity["int8"] = report.to_dict()
+    (folder / PARITY_FILE).write_text(json.dumps(parity, indent=2) + "\n")
+    write_int8_report(folder, report)
+    if problems:
+        raise QuantizationGateFailed(f"int8 not kept for {folder}: it " + "; ".join(problems) +
+                                     ". fp32 stays what is registered and served")
+    click.secho(f"      int8 passed the {task.name} gate ({speedup:.2f}x fp32); register carries both files",
+                fg="green")
+    return report
+
+
 def register(folder: Path, name: str | None = None, position: str = "") -> str:
     """The verified model into the BentoML model store as NAME (default: the task's name)."""
     from export.store import register_model  # bentoml's import is only paid when registering
@@ -205,24 +267,36 @@ def register(folder: Path, name: str | None = None, position: str = "") -> str:
         metadata={"task": task_name, "data_source": (manifest.provenance.get("data_source") if manifest else "") or "",
                   **{k: round(v, 6) for k, v in metrics.items() if isinstance(v, (int, float))}},
     )
-    click.secho(f"registered {tag} (now {name}:latest)", fg="green")
+    from export.store import int8_passed
+
+    with_int8 = int8_passed(folder, ParityReport.read(folder / PARITY_FILE))
+    click.secho(f"registered {tag} (now {name}:latest){' with its int8 model' if with_int8 else ''}", fg="green")
     return tag
 
 
 def train_and_export(task: Task, values: dict) -> RunResult | None:
-    """The four stages in one process; `values` holds the task's options and output, register, name,
-    distributed. In a distributed run, processes other than the first train and return None."""
+    """The stages in one process: train, export, verify, [quantize,] register. `values` holds the task's
+    options and output, register, name, precision, distributed. In a distributed run, processes other
+    than the first train and return None."""
     options = task.Options.from_mapping(values)
-    source = train(task, options, values.get("output"), bool(values.get("distributed")), "1/4 ")
+    int8 = values.get("precision") == "int8"
+    count = 5 if int8 else 4
+    position = iter(f"{n}/{count} " for n in range(1, count + 1))
+    source = train(task, options, values.get("output"), bool(values.get("distributed")), next(position))
     if source is None:
         return None
-    manifest = export(source, "2/4 ")
-    parity = verify(source, "3/4 ")
+    manifest = export(source, next(position))
+    parity = verify(source, next(position))
+    if int8:
+        try:
+            quantize(source, position=next(position))
+        except QuantizationGateFailed as failed:
+            click.secho(str(failed), fg="yellow", err=True)
     folder = source.folder
     if not values.get("register", True):
-        stage("register", "skipped (--no-register)", "4/4 ")
+        stage("register", "skipped (--no-register)", next(position))
         return RunResult(folder, None, manifest, parity, source.learn)
-    tag = register(folder, values.get("name"), "4/4 ")
+    tag = register(folder, values.get("name"), next(position))
     return RunResult(folder, tag, manifest, parity, source.learn)
 
 
@@ -232,3 +306,7 @@ def export_artifact(folder: Path) -> Manifest:
 
 def verify_artifact(folder: Path, sample: Path | None = None) -> ParityReport:
     return verify(load_model_source(folder, sample))
+
+
+def quantize_artifact(folder: Path, calibration: Path | None = None) -> QuantizationReport:
+    return quantize(load_model_source(folder), calibration)

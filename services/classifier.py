@@ -12,13 +12,12 @@ from bentoml.exceptions import InvalidArgument
 from pydantic import Field
 
 from services.images import image_to_tensor
-from services.loading import ServedTask, TaskHandler, check_provider_configuration, pinned_model, softmax
+from services.loading import ServedTask, TaskHandler, service_model, softmax
 from services.schemas import ClassifierResponse, ImageClassification, LabelProbability
 from services.uploads import read_upload
 
 TASK = "classifier"
-check_provider_configuration()
-MODEL = pinned_model(TASK)
+MODEL = service_model(TASK)
 MAX_IMAGES = int(os.environ.get("CLASSIFIER_MAX_BATCH", "32"))
 TopK = Annotated[int, Field(ge=1, description="how many classes to return per image (at most the model's classes)")]
 Images = Annotated[list[Path], Field(min_length=1, max_length=MAX_IMAGES)]
@@ -44,7 +43,7 @@ class ClassifierHandler(TaskHandler):
             order = np.argsort(-row, kind="stable")[:k]
             predictions.append(ImageClassification(
                 label=labels[order[0]], top=[LabelProbability(label=labels[i], probability=float(row[i])) for i in order]))
-        return ClassifierResponse(predictions=predictions, model=self.tag, provider=self.provider)
+        return ClassifierResponse(predictions=predictions, **self.served_by())
 
 
 class ClassifierEndpoints:

@@ -16,7 +16,6 @@ PipelinesRequestError with the status and the server's message.
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import Any, Union
 
@@ -39,22 +38,11 @@ class PipelinesRequestError(RuntimeError):
 
 
 def error_message(response: httpx.Response) -> str:
-    """BentoML's error bodies: {"error": ...} or [{"error": ...}], validation errors with `detail`."""
+    """The services' one error shape: {"error": "<one line>", "detail": [...]}."""
     try:
-        body = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        return str(response.json()["error"])
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
         return response.text.strip() or response.reason_phrase
-    if isinstance(body, list) and body and isinstance(body[0], dict):
-        body = body[0]
-    if isinstance(body, dict):
-        details = body.get("detail")
-        if isinstance(details, list) and details:
-            return "; ".join(
-                f"{'.'.join(str(part) for part in item.get('loc', []))}: {item.get('msg', '')}" for item in details
-            )
-        if "error" in body:
-            return str(body["error"])
-    return response.text
 
 
 def image_upload(image: ImageInput, name: str) -> tuple[str, bytes]:
@@ -138,4 +126,38 @@ class PipelinesClient:
 
     def models(self) -> dict[str, dict]:
         """Each task's model version, provider in use, inputs, outputs, labels and training metrics."""
-        return self._post("/models").json()
+        response = self.http.get("/models")
+        if response.status_code >= 400:
+            raise PipelinesRequestError("/models", response.status_code, error_message(response))
+        return response.json()
+
+
+EXAMPLE_REVIEW = ("I bought this coffee for the office and it was a great surprise: rich, smooth, never bitter, "
+                  "and the beans arrived fresh. The price is fair for the quality. Would buy again!")
+
+
+def example_image(width: int = 96, height: int = 64, seed: int = 0) -> bytes:
+    """A PNG of random pixels: a valid upload of a typical size for load tests (not a meaningful image)."""
+    import numpy as np
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def example_requests(models: dict[str, dict]) -> dict[str, Any]:
+    """One valid request per public endpoint of the tasks `/models` lists, each a function of an
+    httpx.Client whose base URL is the server: for load tests (`pipelines bench --url`)."""
+    first, second = example_image(seed=1), example_image(seed=2)
+    builders = {
+        "siamese": {"/siamese/predict": lambda http: http.post(
+            "/siamese/predict", files={"image_a": ("a.png", first), "image_b": ("b.png", second)})},
+        "unet": {"/unet/segment": lambda http: http.post("/unet/segment", files={"image": ("i.png", first)})},
+        "text": {"/text/classify": lambda http: http.post("/text/classify", json={"text": EXAMPLE_REVIEW})},
+        "tabular": {"/tabular/predict": lambda http: http.post(
+            "/tabular/predict", json={"records": [models["tabular"]["example_record"]]})},
+        "classifier": {"/classifier/predict": lambda http: http.post(
+            "/classifier/predict", files={"image": ("i.png", first)}, data={"k": "3"})},
+    }
+    return {route: call for task in models if task in builders for route, call in builders[task].items()}

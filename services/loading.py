@@ -11,8 +11,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from services.manifest import MODEL_FILE, Manifest
-from services.runtime import configured_provider, configured_threads, create_session, providers_for
+from services.manifest import INT8_MODEL_FILE, MODEL_FILE, PARITY_FILE, Manifest, file_sha256
+from services.runtime import (
+    CPU, ProviderUnavailableError, configured_precision, configured_provider, configured_threads, create_session,
+    providers_for,
+)
 
 logger = logging.getLogger("bentoml.service")
 
@@ -31,7 +34,11 @@ def check_provider_configuration() -> None:
     server exit with the message instead. With PIPELINES_PROVIDER=cuda a probe session is created, so
     missing CUDA or cuDNN libraries (ONNX Runtime's silent fallback to the CPU) stop the start too.
     """
+    from services.batching import configured_batching
+
     configured_threads()
+    configured_precision()
+    configured_batching()
     provider = configured_provider()
     providers_for(provider)
     if provider == "cuda":
@@ -56,11 +63,67 @@ def pinned_model(task: str):
     model = bentoml.models.BentoModel(model_tag(task))
     stored = model.stored
     if stored is not None:
-        found = Manifest.read(Path(stored.path)).task
+        found = check_stored_model(str(stored.tag), Path(stored.path)).task
         if found != task:
             raise WrongTaskError(f"model {stored.tag} is a {found!r} model; the {task} service serves {task!r} "
                                  f"models (set {task.upper()}_MODEL_TAG to one)")
+        model_file(str(stored.tag), Path(stored.path), configured_precision())
     return model
+
+
+class DamagedModelError(RuntimeError):
+    """A model in the store whose files are not the ones registered (truncated, edited, unreadable)."""
+
+
+def check_stored_model(tag: str, folder: Path) -> Manifest:
+    """The stored model's manifest, after checking that its ONNX files are the bytes parity verified (the
+    SHA-256 parity.json recorded): a damaged copy stops the start with one line instead of failing in
+    every worker."""
+    import json
+
+    try:
+        manifest = Manifest.read(folder)
+    except Exception as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DamagedModelError(f"model {tag}: its manifest.json cannot be read ({first}); register the artifact "
+                                "again") from None
+    try:
+        parity = json.loads((folder / PARITY_FILE).read_text())
+    except (OSError, ValueError):
+        raise DamagedModelError(f"model {tag}: its {PARITY_FILE} is missing or unreadable; register the artifact "
+                                "again") from None
+    expected = {MODEL_FILE: parity.get("model_sha256")}
+    if (folder / INT8_MODEL_FILE).is_file():
+        expected[INT8_MODEL_FILE] = (parity.get("int8") or {}).get("sha256")
+    for name, checksum in expected.items():
+        if file_sha256(folder / name) != checksum:
+            raise DamagedModelError(f"model {tag}: {name} is not the file that was verified (its SHA-256 differs: "
+                                    "truncated or edited in the store); register the artifact again")
+    return manifest
+
+
+def service_model(task: str):
+    """What every service module does at import, in `bentoml serve`'s own process, so that a bad
+    configuration stops the start with one message: check the provider and precision settings, make
+    BentoML's multipart parser answer 400 to a file under an unexpected field name, and pin the model."""
+    from services.uploads import tolerate_unexpected_multipart_fields
+
+    check_provider_configuration()
+    tolerate_unexpected_multipart_fields()
+    return pinned_model(task)
+
+
+def model_file(tag: str, folder: Path, precision: str, provider: str = CPU) -> tuple[Path, str]:
+    """The ONNX file to serve and its precision. model.int8.onnx is in a stored model only when it passed
+    its accuracy gate (`pipelines quantize`, then `register`); `auto` takes it on the CPU."""
+    int8 = Path(folder) / INT8_MODEL_FILE
+    if precision == "int8" and not int8.is_file():
+        raise ProviderUnavailableError(f"PIPELINES_PRECISION=int8 but model {tag} has no int8 model that passed its "
+                                       "gate (run `pipelines quantize` on its artifact, then register it again), "
+                                       "or set PIPELINES_PRECISION=auto")
+    if precision == "int8" or (precision == "auto" and int8.is_file() and provider == CPU):
+        return int8, "int8"
+    return Path(folder) / MODEL_FILE, "fp32"
 
 
 @dataclass
@@ -69,6 +132,7 @@ class ServedModel:
     manifest: Manifest
     session: ort.InferenceSession
     provider: str
+    precision: str = "fp32"
 
     @classmethod
     def from_store(cls, stored, expected_task: str) -> "ServedModel":
@@ -80,10 +144,13 @@ class ServedModel:
         manifest = Manifest.read(folder)
         if manifest.task != expected_task:
             raise WrongTaskError(f"model {tag} is a {manifest.task!r} model, this service serves {expected_task!r}")
-        session = create_session(Path(folder) / MODEL_FILE, provider=configured_provider(), threads=configured_threads())
+        choice = configured_provider()
+        expected_provider = providers_for(choice)[0]
+        path, precision = model_file(tag, folder, configured_precision(), expected_provider)
+        session = create_session(path, provider=choice, threads=configured_threads())
         provider = session.get_providers()[0]
-        logger.info("serving %s with ONNX Runtime provider %s", tag, provider)
-        return cls(tag=tag, manifest=manifest, session=session, provider=provider)
+        logger.info("serving %s (%s) with ONNX Runtime provider %s", tag, precision, provider)
+        return cls(tag=tag, manifest=manifest, session=session, provider=provider, precision=precision)
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run([self.manifest.outputs[0].name], feeds)[0]
@@ -93,6 +160,7 @@ class ServedModel:
             "model": self.tag,
             "task": self.manifest.task,
             "provider": self.provider,
+            "precision": self.precision,
             "inputs": [spec.model_dump() for spec in self.manifest.inputs],
             "outputs": [spec.model_dump() for spec in self.manifest.outputs],
             "labels": self.manifest.labels,
@@ -114,13 +182,28 @@ class TaskHandler:
     """
 
     task: str = ""
+    # Whether concurrent requests' inputs are stacked into one run (services/batching.py), by measurement.
+    batches_concurrent_requests: bool = False
 
     def __init__(self, model: ServedModel):
+        from services.batching import GreedyBatcher, configured_batching, max_batch
+
         self.model = model
         self.manifest = model.manifest
         self.spec = model.manifest.preprocessing
         self.tag = model.tag
         self.provider = model.provider
+        self.precision = model.precision
+        self.batching = self.batches_concurrent_requests and configured_batching() == "auto"
+        self.batcher = GreedyBatcher(self.infer, max_batch()) if self.batching else None
+
+    def infer(self, inputs: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def infer_one(self, item: np.ndarray) -> np.ndarray:
+        """The model's output for one preprocessed input (no batch axis): batched with concurrent
+        requests where the task batches, else run alone."""
+        return self.batcher(item) if self.batcher is not None else self.infer(item[None])[0]
 
     @classmethod
     def from_store(cls, stored) -> "TaskHandler":
@@ -128,9 +211,13 @@ class TaskHandler:
         refuses a model of another task, naming both."""
         return cls(ServedModel.from_store(stored, cls.task))
 
+    def served_by(self) -> dict:
+        """The model version, provider and precision every response carries."""
+        return {"model": self.tag, "provider": self.provider, "precision": self.precision}
+
     def describe(self) -> dict:
         """The model version, provider, inputs, outputs, labels and training metrics (`/model_info`, `/models`)."""
-        return self.model.info()
+        return {**self.model.info(), "batching_concurrent_requests": self.batching}
 
 
 @dataclass(frozen=True)
@@ -142,3 +229,8 @@ class ServedTask:
     handler: type[TaskHandler]
     endpoints: type  # a mixin of the task's public endpoints under /<task>/, for the all-models Bento
     service: Any  # the single-task BentoML service (bentofile.<task>.yaml)
+
+    def __post_init__(self) -> None:
+        from services.conventions import ServingConventions
+
+        self.service.add_asgi_middleware(ServingConventions)

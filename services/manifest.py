@@ -10,9 +10,21 @@ from pydantic import BaseModel, ConfigDict, Field
 
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
+INT8_MODEL_FILE = "model.int8.onnx"
 PARITY_FILE = "parity.json"
 REPORT_FILE = "report.md"
 SCHEMA_VERSION = 1
+
+
+def file_sha256(path: Path) -> str:
+    """The checksum parity.json records for a verified ONNX file, and the services check at start-up."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class ManifestVersionError(ValueError):

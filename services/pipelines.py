@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bentoml
 
+from services.conventions import ServingConventions
 from services.registry import SERVED_TASKS
 
 
@@ -26,7 +27,8 @@ class AllModels:
 
     @bentoml.api(route="/models")
     def models(self) -> dict:
-        """Each task's model version, ONNX Runtime provider, inputs, outputs, labels and metrics."""
+        """Each task's model version, ONNX Runtime provider and precision, inputs, outputs, labels and
+        metrics (also GET /models)."""
         return {task: handler.describe() for task, handler in self.handlers.items()}
 
 
@@ -36,7 +38,9 @@ def all_models_service(class_name: str, name: str, **config):
     bases = (AllModels, *(served.endpoints for served in SERVED_TASKS.values()))
     service_class = type(class_name, bases, {**models, "__module__": __name__,
                                              "__doc__": f"Every registered model on one port ({name})."})
-    return bentoml.service(name=name, traffic={"timeout": 120}, **config)(service_class)
+    service = bentoml.service(name=name, traffic={"timeout": 120}, **config)(service_class)
+    service.add_asgi_middleware(ServingConventions)  # GET /models, one error shape
+    return service
 
 
 Pipelines = all_models_service("Pipelines", "pipelines")

@@ -8,12 +8,18 @@ from typing import Optional, Union
 from pydantic import BaseModel, Field
 
 
-class SiamesePrediction(BaseModel):
+class ServedBy(BaseModel):
+    """What every response says about the model that answered."""
+
+    model: str = Field(description="the model's tag in the model store")
+    provider: str = Field(description="the ONNX Runtime execution provider in use")
+    precision: str = Field(description="fp32, or int8 where the model passed its accuracy gate")
+
+
+class SiamesePrediction(ServedBy):
     same: bool = Field(description="True when the two images show the same class")
     probability_same: float = Field(ge=0, le=1)
     probabilities: dict[str, float]
-    model: str
-    provider: str
 
 
 class ClassCoverage(BaseModel):
@@ -23,12 +29,10 @@ class ClassCoverage(BaseModel):
     coverage: float
 
 
-class SegmentationSummary(BaseModel):
+class SegmentationSummary(ServedBy):
     width: int
     height: int
     classes: list[ClassCoverage]
-    model: str
-    provider: str
 
 
 class TextPrediction(BaseModel):
@@ -37,10 +41,8 @@ class TextPrediction(BaseModel):
     tokens: int = Field(description="how many tokens the model read")
 
 
-class TextResponse(BaseModel):
+class TextResponse(ServedBy):
     predictions: list[TextPrediction]
-    model: str
-    provider: str
 
 
 class TabularPrediction(BaseModel):
@@ -48,10 +50,8 @@ class TabularPrediction(BaseModel):
     probabilities: Optional[dict[str, float]] = None
 
 
-class TabularResponse(BaseModel):
+class TabularResponse(ServedBy):
     predictions: list[TabularPrediction]
-    model: str
-    provider: str
 
 
 class LabelProbability(BaseModel):
@@ -64,7 +64,5 @@ class ImageClassification(BaseModel):
     top: list[LabelProbability] = Field(description="the k most probable classes, most probable first")
 
 
-class ClassifierResponse(BaseModel):
+class ClassifierResponse(ServedBy):
     predictions: list[ImageClassification] = Field(description="one per uploaded image, in upload order")
-    model: str
-    provider: str

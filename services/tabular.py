@@ -14,15 +14,14 @@ import numpy as np
 from bentoml.exceptions import InvalidArgument
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, create_model
 
-from services.loading import ServedTask, TaskHandler, check_provider_configuration, pinned_model, softmax
+from services.loading import ServedTask, TaskHandler, service_model, softmax
 from services.manifest import Manifest, TabularPreprocessing
 from services.schemas import TabularPrediction, TabularResponse
 from services.tabular_preprocessing import RecordError, encode_records
 
 TASK = "tabular"
-check_provider_configuration()
 MAX_RECORDS = int(os.environ.get("TABULAR_MAX_RECORDS", "4096"))
-MODEL = pinned_model(TASK)
+MODEL = service_model(TASK)
 # Strict: JSON numbers (integers too), never strings that look like numbers.
 Number = StrictFloat
 
@@ -81,6 +80,10 @@ class TabularHandler(TaskHandler):
         except RecordError as error:
             raise InvalidArgument(str(error)) from None
         outputs = self.infer(x_cat, x_cont)
+        not_finite = ~np.isfinite(outputs).all(axis=1)
+        if not_finite.any():  # values so far from the training data that float32 arithmetic overflows
+            raise InvalidArgument(f"record {int(np.argmax(not_finite))}: the model's output overflows for this "
+                                  "record; its values are far outside the range the model was trained on")
         labels = self.manifest.labels
         if self.spec.target_type == "regression":
             predictions = [TabularPrediction(prediction=float(value)) for value in outputs[:, 0]]
@@ -90,11 +93,18 @@ class TabularHandler(TaskHandler):
                                   probabilities={label: float(p) for label, p in zip(labels, row)})
                 for row in outputs
             ]
-        return TabularResponse(predictions=predictions, model=self.tag, provider=self.provider)
+        return TabularResponse(predictions=predictions, **self.served_by())
 
     def describe(self) -> dict:
         return {**super().describe(), "cat_names": self.spec.cat_names, "cont_names": self.spec.cont_names,
-                "fill_values": self.spec.fill_values, "target": self.spec.target, "target_type": self.spec.target_type}
+                "fill_values": self.spec.fill_values, "target": self.spec.target, "target_type": self.spec.target_type,
+                "example_record": self.example_record()}
+
+    def example_record(self) -> dict:
+        """A record the model takes: each continuous column's training mean, each category's first value."""
+        record = {column: self.spec.means[column] for column in self.spec.cont_names}
+        record.update({column: (self.spec.categories[column][1:] or [None])[0] for column in self.spec.cat_names})
+        return record
 
 
 class TabularEndpoints:

@@ -23,7 +23,11 @@ class RecordError(ValueError):
         super().__init__(f"record {index}, column {column!r}: {problem}")
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _is_missing(value: Any) -> bool:
+    """null, and NaN (which Python's JSON parser accepts as `NaN`): both mean "no value", filled like fastai."""
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
@@ -37,6 +41,8 @@ def continuous_column(records: list[dict], column: str) -> np.ndarray:
             values[index] = np.nan
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RecordError(index, column, f"expected a number, got {type(value).__name__} {value!r}")
+        elif not math.isfinite(value):
+            raise RecordError(index, column, f"{value!r} is not a finite number (send null for a missing value)")
         else:
             values[index] = value
     return values
@@ -71,7 +77,12 @@ def encode_records(records: list[dict], spec: TabularPreprocessing) -> tuple[np.
                 int(np.argmax(missing)), column,
                 "no value; the model saw no missing values in this column during training, so it has no fill value",
             )
-        continuous[:, position] = ((values - spec.means[column]) / spec.stds[column]).astype(np.float32)
+        normalised = (values - spec.means[column]) / spec.stds[column]
+        too_large = np.abs(normalised) > FLOAT32_MAX
+        if too_large.any():
+            index = int(np.argmax(too_large))
+            raise RecordError(index, column, f"{values[index]:g} is out of the range the model computes in (float32)")
+        continuous[:, position] = normalised.astype(np.float32)
 
     categorical = np.empty((count, len(spec.x_cat_columns)), dtype=np.int64)
     for position, column in enumerate(spec.x_cat_columns):

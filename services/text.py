@@ -15,13 +15,12 @@ import numpy as np
 from bentoml.exceptions import InvalidArgument
 from pydantic import Field
 
-from services.loading import ServedTask, TaskHandler, check_provider_configuration, pinned_model, softmax
+from services.loading import ServedTask, TaskHandler, service_model, softmax
 from services.schemas import TextPrediction, TextResponse
 from services.text_preprocessing import Numericalizer, batch_ids, tokenize
 
 TASK = "text"
-check_provider_configuration()
-MODEL = pinned_model(TASK)
+MODEL = service_model(TASK)
 MAX_CHARS = int(os.environ.get("TEXT_MAX_CHARS", "100000"))
 MAX_TEXTS = int(os.environ.get("TEXT_MAX_BATCH", "64"))
 Texts = Annotated[list[str], Field(min_length=1, max_length=MAX_TEXTS)]
@@ -55,7 +54,7 @@ class TextHandler(TaskHandler):
                            tokens=len(one))
             for row, one in zip(probabilities, ids)
         ]
-        return TextResponse(predictions=predictions, model=self.tag, provider=self.provider)
+        return TextResponse(predictions=predictions, **self.served_by())
 
     def describe(self) -> dict:
         return {**super().describe(), "vocab_size": len(self.spec.vocab), "max_len": self.spec.max_len}

@@ -12,13 +12,12 @@ import numpy as np
 from PIL import Image
 
 from services.images import image_to_tensor
-from services.loading import ServedTask, TaskHandler, check_provider_configuration, pinned_model
+from services.loading import ServedTask, TaskHandler, service_model
 from services.schemas import ClassCoverage, SegmentationSummary
 from services.uploads import read_upload
 
 TASK = "unet"
-check_provider_configuration()
-MODEL = pinned_model(TASK)
+MODEL = service_model(TASK)
 
 
 def palette(count: int) -> np.ndarray:
@@ -60,7 +59,7 @@ class UnetHandler(TaskHandler):
         classes = [ClassCoverage(index=i, name=name, pixels=int(counts[i]), coverage=float(counts[i] / mask.size))
                    for i, name in enumerate(self.manifest.labels) if counts[i]]
         return SegmentationSummary(width=mask.shape[1], height=mask.shape[0], classes=classes,
-                                   model=self.tag, provider=self.provider)
+                                   **self.served_by())
 
     def overlay(self, image: Path) -> Image.Image:
         picture = self.read(image).convert("RGB")

@@ -190,3 +190,15 @@ def test_python_client_needs_no_server_side_packages():
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "[]"
 
+
+
+def test_a_built_bento_keeps_its_pinned_versions_after_latest_moves(cpu_bento, runs, latest_tags, tmp_path):
+    from tests.test_cli import run_cli
+
+    _, result = runs["tabular"]
+    assert run_cli("register", str(result.output_dir)).returncode == 0
+    moved = str(bentoml.models.get("tabular:latest").tag)
+    assert moved != latest_tags["tabular"]
+    with bentoml_server(str(cpu_bento.tag), env={"PIPELINES_PROVIDER": "cpu"}, cwd=tmp_path, timeout=120) as url:
+        with PipelinesClient(url) as client:
+            assert client.models()["tabular"]["model"] == latest_tags["tabular"]

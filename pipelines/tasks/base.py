@@ -20,6 +20,7 @@ import numpy as np
 
 from export.config import OnnxConfig
 from export.parity import ParityCase, PreprocessingCheck
+from export.quantize import QuantizationGate
 from export.report import TrainingSummary
 from pipelines.errors import PipelineError
 from pipelines.training import TrainingHistory
@@ -138,6 +139,10 @@ class Task(ABC):
     scratch_reason: ClassVar[str] = "no pretrained weights, so the whole network trains from the start"
     # What `--sample` is for this task, for help texts and errors.
     sample_help: ClassVar[str] = ""
+    # How `pipelines quantize` makes model.int8.onnx and what int8 may lose against fp32 (None: no int8).
+    quantization_gate: ClassVar[QuantizationGate | None] = None
+    # An image size users serve, which `pipelines bench` times besides the training size (None: no images).
+    bench_size: ClassVar[tuple[int, int] | None] = None
 
     @classmethod
     def cli_options(cls) -> list[click.Option]:
@@ -219,6 +224,11 @@ class Task(ABC):
     @abstractmethod
     def exportable_module(self, learn): ...
 
+    def reference_module(self, learn):
+        """What parity compares the ONNX graph against: the exportable module, unless it is a rewrite of
+        the Learner's model (then the Learner's model itself)."""
+        return self.exportable_module(learn)
+
     @abstractmethod
     def example_inputs(self, learn) -> tuple: ...
 
@@ -250,6 +260,55 @@ class Task(ABC):
             raise PipelineError(f"{data.source}: no raw inputs to check the serving preprocessing against fastai's")
         return PreprocessingCheck(compared=len(details), max_abs_error=worst,
                                   passed=worst <= self.onnx_config.tolerance.preprocessing_atol, details=details)
+
+    def bench_variants(self, learn) -> dict:
+        """Other exportable forms of the model that `pipelines bench` measures beside the served graph."""
+        return {}
+
+    def bench_inputs(self, case: ParityCase) -> dict[str, dict[str, np.ndarray]]:
+        """The inputs `pipelines bench` times every runtime on: the evaluation data at batch 1 and 16, and
+        for image models one random input at `bench_size`."""
+        from export.quantize import rows_of
+
+        inputs = {f"batch {n}": rows_of(case.inputs, n) for n in (1, 16)}
+        if self.bench_size is not None:
+            height, width = self.bench_size
+            rng = np.random.default_rng(0)
+            inputs[f"batch 1 at {height}x{width}"] = {
+                name: rng.standard_normal((1, array.shape[1], height, width), dtype=np.float32)
+                for name, array in case.inputs.items()}
+        return inputs
+
+    @staticmethod
+    def evaluation_case(cases: list[ParityCase]) -> ParityCase:
+        """The case int8 is judged on: the largest real one (the whole validation set, or the sample)."""
+        real = [case for case in cases if not case.synthetic] or cases
+        labelled = [case for case in real if case.targets is not None] or real
+        return max(labelled, key=lambda case: len(next(iter(case.inputs.values()))))
+
+    def calibration_batches(self, learn, data: PreparedData, path: Path | None, count: int,
+                            has_training_data: bool) -> tuple[list[dict[str, np.ndarray]], str]:
+        """Model inputs for static quantization's activation ranges, and where they came from: the
+        training split (never the validation data int8 is judged on), or a user's `--calibration` files
+        in the `--sample` format (a learner brought without its training data)."""
+        names = self.onnx_config.input_names
+        if path is not None:
+            case = self.evaluation_case(self.parity_cases(learn, self.sample_data(learn, Path(path))))
+            rows = {name: case.inputs[name][:count] for name in names}
+            total = len(rows[names[0]])
+            return [{n: np.ascontiguousarray(a[i:i + 16]) for n, a in rows.items()} for i in range(0, total, 16)], str(path)
+        if not has_training_data:
+            raise PipelineError("this learner came without its training data: give --calibration PATH, a few hundred "
+                                f"training inputs in the --sample format ({self.sample_help}); not the sample "
+                                "int8 is judged on")
+        batches, total = [], 0
+        for batch in learn.dls.train.new(shuffle=False, drop_last=False):
+            batches.append({name: np.ascontiguousarray(tensor.cpu().float().numpy())
+                            for name, tensor in zip(names, batch[:len(names)])})
+            total += len(batches[-1][names[0]])
+            if total >= count:
+                break
+        return batches, f"the training split of {data.source}"
 
     def report_figures(self, learn, folder: Path) -> list[tuple[str, str]]:
         """Pictures for the report, saved into `folder`: (title, file name) pairs. None by default."""

@@ -18,6 +18,7 @@ import numpy as np
 
 from export.config import OnnxConfig, ParityTolerance, TensorConfig
 from export.parity import ParityCase
+from export.quantize import QuantizationGate
 from pipelines.errors import PipelineError
 from pipelines.tasks.base import BuiltLearner, PreparedData, Task, option
 from pipelines.training import TrainingHistory
@@ -96,6 +97,8 @@ class ClassifierTask(Task):
         tolerance=ParityTolerance(logits_atol=1e-4, logits_rtol=1e-4, probability_atol=1e-5, preprocessing_atol=1e-5),
         exporter="dynamo",
     )
+    quantization_gate = QuantizationGate("static", {"accuracy": 1.0}, min_agreement=0.99)
+    bench_size = (224, 224)  # the book's pets
     sample_help = "a folder of images (class subfolders named like the learner's classes add accuracy)"
     # A second size for the dynamic height/width check: not square, not a multiple of 32.
     second_size = (72, 88)

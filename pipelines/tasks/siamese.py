@@ -15,6 +15,7 @@ import numpy as np
 
 from export.config import OnnxConfig, ParityTolerance, TensorConfig
 from export.parity import ParityCase
+from export.quantize import QuantizationGate
 from pipelines.errors import PipelineError
 from pipelines.tasks.base import BuiltLearner, PreparedData, Task, option
 from pipelines.training import TrainingHistory
@@ -63,6 +64,8 @@ class SiameseTask(Task):
         tolerance=ParityTolerance(logits_atol=1e-4, logits_rtol=1e-4, probability_atol=1e-5),
         exporter="dynamo",
     )
+    quantization_gate = QuantizationGate("static", {"accuracy": 1.0}, min_agreement=0.99)
+    bench_size = (224, 224)  # the book's pets
     sample_help = "a CSV with image_a,image_b columns (paths relative to the CSV; optional `same` column), or a folder of images paired in name order"
     # A second image size for the dynamic height/width check: not square, not a multiple of 32.
     second_size = (72, 88)
@@ -156,7 +159,15 @@ class SiameseTask(Task):
 
     # ----- export -----------------------------------------------------------------------------
     def exportable_module(self, learn):
-        return learn.model.eval().cpu()
+        from pipelines.tasks.siamese_export import OnePassSiamese
+
+        return OnePassSiamese(learn.model.eval().cpu()).eval()
+
+    def reference_module(self, learn):
+        return learn.model.eval().cpu()  # fastai's SiameseModel, two encoder passes
+
+    def bench_variants(self, learn) -> dict:
+        return {"two-pass, fastai's SiameseModel as exported before the one-pass graph": learn.model.eval().cpu()}
 
     def example_inputs(self, learn):
         import torch
@@ -198,7 +209,7 @@ class SiameseTask(Task):
             f"random {height}x{width} batch 3",
             {"image_a": rng.standard_normal((3, 3, height, width), dtype=np.float32),
              "image_b": rng.standard_normal((3, 3, height, width), dtype=np.float32)},
-            None, "random inputs at a second image size (dynamic height/width)",
+            None, "random inputs at a second image size (dynamic height/width)", synthetic=True,
         ))
         return cases
 

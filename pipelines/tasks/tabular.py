@@ -9,6 +9,7 @@ import numpy as np
 
 from export.config import OnnxConfig, ParityTolerance, TensorConfig
 from export.parity import ParityCase
+from export.quantize import QuantizationGate
 from pipelines.data import download_book_dataset
 from pipelines.errors import PipelineError
 from pipelines.tasks.base import (
@@ -93,6 +94,7 @@ class TabularTask(Task):
         tolerance=ParityTolerance(logits_atol=1e-5, logits_rtol=1e-5, probability_atol=1e-5, preprocessing_atol=0.0),
         exporter="dynamo",
     )
+    quantization_gate = QuantizationGate("dynamic", {"accuracy": 1.0, "rmse": 1.0}, min_agreement=0.99, min_speedup=1.2)
     sample_help = "a CSV/TSV/Parquet file of records with the learner's columns (the target column optional)"
     default_epochs = {"penguins": 20, "adult_sample": 3}
     scratch_lr = 1e-2

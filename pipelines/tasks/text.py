@@ -13,6 +13,7 @@ import numpy as np
 
 from export.config import OnnxConfig, ParityTolerance, TensorConfig
 from export.parity import ParityCase
+from export.quantize import QuantizationGate
 from export.report import TrainingSummary
 from pipelines.data import download_book_dataset
 from pipelines.errors import PipelineError
@@ -89,6 +90,7 @@ class TextTask(Task):
         tolerance=ParityTolerance(logits_atol=1e-4, logits_rtol=1e-4, probability_atol=1e-4, preprocessing_atol=0.0),
         exporter="torchscript",
     )
+    quantization_gate = QuantizationGate("dynamic", {"accuracy": 1.0}, min_agreement=0.99, min_speedup=1.2)
     sample_help = "a text file (one text per line) or a CSV/TSV/Parquet file with a text column (and optionally a label column)"
     scratch_epochs, scratch_lr = 6, 5e-3
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from export.config import OnnxConfig, ParityTolerance, TensorConfig
 from export.parity import ParityCase
+from export.quantize import QuantizationGate
 from export.report import TrainingSummary
 from pipelines.data import digit_scenes_folder, download_book_dataset, image_files
 from pipelines.errors import PipelineError
@@ -73,6 +74,8 @@ class UnetTask(Task):
         tolerance=ParityTolerance(logits_atol=1e-3, logits_rtol=1e-4, probability_atol=1e-4, tie_margin=1e-3),
         exporter="dynamo",
     )
+    quantization_gate = QuantizationGate("static", {"accuracy": 0.5, "dice": 1.0}, min_agreement=0.98)
+    bench_size = (100, 150)  # CamVid's aspect, small
     sample_help = "a folder of images"
     default_batch_size = 8  # the book's CamVid batch size
     book_epochs = 8
@@ -204,7 +207,7 @@ class UnetTask(Task):
         rng = np.random.default_rng(0)
         for height, width in PARITY_SIZES:
             cases.append(ParityCase(f"random {height}x{width}", {"image": rng.standard_normal((1, 3, height, width), dtype=np.float32)},
-                                    None, "any input size, including non-multiples of 32"))
+                                    None, "any input size, including non-multiples of 32", synthetic=True))
         return cases
 
     def labels(self, learn) -> list[str]:

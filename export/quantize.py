@@ -1,0 +1,221 @@
+"""int8 quantization of a verified model.onnx, judged by the task's accuracy gate.
+
+Quantization and its judgement are separate steps, like export and parity: `quantize_model` writes
+model.int8.onnx (static QDQ for convolutional models, calibrated on training inputs; dynamic for the
+LSTM and the MLP), `judge_quantized` runs fp32 and int8 side by side on the evaluation data and applies
+the gate the task declares. Sessions come from `services.runtime.create_session`, as served.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Literal
+
+import numpy as np
+import onnxruntime as ort
+
+from export.errors import ExportError
+
+QuantizationMethod = Literal["static", "dynamic"]
+
+
+class QuantizationError(ExportError):
+    """The quantizer could not produce an int8 model from this graph."""
+
+
+@dataclass(frozen=True)
+class QuantizationGate:
+    """What int8 may lose against fp32 on the evaluation data, and how much faster it must be to be kept.
+
+    `max_metric_loss`: per task metric, the most it may lose, in points (accuracy and Dice: percentage
+    points; rmse: percent of fp32's rmse). `min_agreement`: argmax agreement with fp32 (per pixel for
+    segmentation). `min_speedup`: int8's measured speed-up over fp32 below which it is not kept (dynamic
+    quantization of small models can be slower than fp32).
+    """
+
+    method: QuantizationMethod
+    max_metric_loss: dict[str, float]
+    min_agreement: float
+    min_speedup: float = 1.0
+    calibration_inputs: int = 256
+
+
+@dataclass
+class CaseJudgement:
+    name: str
+    rows: int
+    argmax_agreement: float
+    metrics: dict[str, dict[str, float]]  # name -> {"fp32": value, "int8": value}
+    logits_max_abs_error: float
+
+
+@dataclass
+class QuantizationReport:
+    """The int8 section of parity.json."""
+
+    passed: bool
+    method: str
+    file: str
+    sha256: str
+    calibration: dict
+    gate: dict
+    judged: list[CaseJudgement]
+    latency_ms: dict[str, dict[str, float]]  # {"batch 1": {"fp32": .., "int8": ..}, ...}
+    speedup: float
+    problems: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----- quantizing ---------------------------------------------------------------------------------
+def calibration_reader(batches: Iterable[dict[str, np.ndarray]]):
+    """Calibration batches for ONNX Runtime's static quantizer (its reader interface; imported here because
+    onnxruntime.quantization is slow to import)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class ArrayReader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(list(batches))
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    return ArrayReader()
+
+
+def preprocess_for_quantization(source: Path, target: Path, progress: Callable[[str], None]) -> None:
+    """ONNX Runtime's `quant_pre_process` (shape inference, Conv+BatchNorm folding). Its symbolic shape
+    inference fails on some graphs (the dynamo export of the Siamese model, measured): ONNX's own shape
+    inference is used for those."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    # The symbolic shape inference writes temporary files (and, when it fails, leaves them) in the working
+    # directory: it runs in the scratch folder the target is in.
+    source, target, previous = Path(source).resolve(), Path(target).resolve(), Path.cwd()
+    os.chdir(target.parent)
+    try:
+        try:
+            quant_pre_process(str(source), str(target))
+        except Exception as error:  # the symbolic shape inference raises many types
+            progress(f"      symbolic shape inference failed ({type(error).__name__}); using ONNX shape inference")
+            quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
+    finally:
+        os.chdir(previous)
+
+
+def quantize_model(source: Path, target: Path, method: QuantizationMethod,
+                   calibration: list[dict[str, np.ndarray]] | None = None,
+                   progress: Callable[[str], None] = lambda line: None) -> None:
+    """Write the int8 model of `source` to `target`.
+
+    static: QDQ format, uint8 activations, int8 per-channel weights, MinMax ranges from `calibration`
+    (the convolutional models; ONNX Runtime has no u8s8 ConvInteger on the CPU, so dynamic quantization
+    of convolutions is never used). dynamic: int8 weights of MatMul, Gemm and LSTM, activations
+    quantized at run time (the LSTM and the MLP, which have no activations worth calibrating).
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs a warning per 1-D weight it cannot quantize per channel
+    with tempfile.TemporaryDirectory() as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        preprocess_for_quantization(source, prepared, progress)
+        try:
+            if method == "static":
+                if not calibration:
+                    raise QuantizationError("static quantization needs calibration inputs")
+                quantize_static(
+                    str(prepared), str(target), calibration_reader(calibration), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                    calibrate_method=CalibrationMethod.MinMax,
+                )
+            else:
+                quantize_dynamic(str(prepared), str(target), op_types_to_quantize=["MatMul", "Gemm", "LSTM"],
+                                 weight_type=QuantType.QInt8, per_channel=False)
+        except QuantizationError:
+            raise
+        except Exception as error:
+            raise QuantizationError(f"ONNX Runtime's quantizer failed: {type(error).__name__}: "
+                                    f"{str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}") from None
+        finally:
+            root.setLevel(level)
+
+
+# ----- judging ------------------------------------------------------------------------------------
+def metric_loss(name: str, fp32: float, int8: float) -> float:
+    """How much int8 lost on a metric, in the gate's unit (points; percent of fp32 for rmse)."""
+    if name == "rmse":
+        return 100.0 * (int8 - fp32) / fp32 if fp32 > 0 else 100.0 * int8
+    return 100.0 * (fp32 - int8)
+
+
+def judge_case(name: str, inputs: dict[str, np.ndarray], targets: np.ndarray | None, metrics: tuple[str, ...],
+               fp32: ort.InferenceSession, int8: ort.InferenceSession) -> CaseJudgement:
+    from export.parity import CLASS_AXIS, task_metric
+
+    output = fp32.get_outputs()[0].name
+    reference = fp32.run([output], inputs)[0]
+    quantized = int8.run([output], inputs)[0]
+    reference_class, quantized_class = reference.argmax(CLASS_AXIS), quantized.argmax(CLASS_AXIS)
+    scores = {}
+    if targets is not None:
+        scores = {metric: {"fp32": task_metric(metric, reference, reference_class, targets),
+                           "int8": task_metric(metric, quantized, quantized_class, targets)} for metric in metrics}
+    return CaseJudgement(
+        name=name, rows=int(next(iter(inputs.values())).shape[0]),
+        argmax_agreement=float((reference_class == quantized_class).mean()),
+        metrics=scores, logits_max_abs_error=float(np.abs(quantized - reference).max()),
+    )
+
+
+def gate_problems(gate: QuantizationGate, judged: CaseJudgement, speedup: float) -> list[str]:
+    problems = []
+    if judged.argmax_agreement < gate.min_agreement:
+        problems.append(f"agrees with fp32 on {100 * judged.argmax_agreement:.1f}% of predictions "
+                        f"(the gate needs {100 * gate.min_agreement:.0f}%)")
+    for metric, values in judged.metrics.items():
+        limit = gate.max_metric_loss.get(metric)
+        lost = metric_loss(metric, values["fp32"], values["int8"])
+        if limit is not None and lost > limit:
+            unit = "% of fp32's" if metric == "rmse" else " points of"
+            problems.append(f"loses {lost:.2f}{unit} {metric} ({values['fp32']:.4f} -> {values['int8']:.4f}; "
+                            f"the gate allows {limit:g})")
+    if speedup < gate.min_speedup:
+        problems.append(f"runs at {speedup:.2f}x fp32's speed (kept only from {gate.min_speedup:g}x)")
+    return problems
+
+
+def median_latency_ms(session: ort.InferenceSession, inputs: dict[str, np.ndarray], repeats: int) -> float:
+    output = session.get_outputs()[0].name
+    session.run([output], inputs)
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        session.run([output], inputs)
+        samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
+
+
+def interleaved_latency(sessions: dict[str, ort.InferenceSession], inputs: dict[str, np.ndarray],
+                        rounds: int = 5, repeats: int = 5) -> dict[str, float]:
+    """Median latency per session, measured in alternating rounds so that both see the same machine."""
+    samples: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(rounds):
+        for name, session in sessions.items():
+            samples[name].append(median_latency_ms(session, inputs, repeats))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def rows_of(inputs: dict[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
+    """The first `count` rows of every input (repeating rows when there are fewer)."""
+    first = next(iter(inputs.values()))
+    index = np.arange(count) % first.shape[0]
+    return {name: np.ascontiguousarray(array[index]) for name, array in inputs.items()}

@@ -1,0 +1,317 @@
+"""`pipelines bench`: side-by-side latency of one model's runtimes in one process, or of a running Bento
+under concurrent clients. Each run prints one table, saves a PNG chart and writes a log (the command,
+the machine, the table) under benchmarks/results/.
+
+Runtimes are measured interleaved (round after round, every runtime once per round, the median of each
+kept) so that a machine that slows down mid-run slows every runtime alike.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import click
+import numpy as np
+
+from pipelines.errors import PipelineError
+
+RESULTS = Path("benchmarks/results")
+
+
+# ----- shared: tables, logs, charts ---------------------------------------------------------------
+def cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}" if abs(value) >= 0.01 or value == 0 else f"{value:.2e}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    headers = list(rows[0])
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(row.get(h, "")) for h in headers) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine_label() -> str:
+    return f"cpu{os.cpu_count()}"
+
+
+def write_results(name: str, title: str, rows: list[dict], chart: Callable[[Path], None], notes: list[str],
+                  command: str | None = None, results: Path = RESULTS) -> Path:
+    """Print the table, and write it with the command and the machine to RESULTS/NAME_*.log, with the
+    chart beside it as .png."""
+    results = Path(results)
+    results.mkdir(parents=True, exist_ok=True)
+    stem = results / f"{name}_{machine_label()}_{dt.datetime.now().strftime('%Y-%m-%d_%H%M%S')}"
+    table = markdown_table(rows)
+    import onnxruntime
+
+    command = command or f"pipelines {' '.join(shlex.quote(a) for a in sys.argv[1:])}"
+    lines = [f"command: {command}",
+             f"machine: {platform.node()} ({os.cpu_count()} CPUs, {platform.processor() or platform.machine()}), "
+             f"python {platform.python_version()}, onnxruntime {onnxruntime.__version__}",
+             f"date: {dt.datetime.now().isoformat(timespec='seconds')}", *notes, "", title, "", table, ""]
+    stem.with_suffix(".log").write_text("\n".join(lines))
+    chart(stem.with_suffix(".png"))
+    click.echo(f"\n{title}\n\n{table}\n")
+    click.echo(f"log: {stem.with_suffix('.log')}\nchart: {stem.with_suffix('.png')}")
+    return stem.with_suffix(".log")
+
+
+def bar_chart(path: Path, rows: list[dict], group: str, series: str, value: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(dict.fromkeys(row[group] for row in rows))
+    names = list(dict.fromkeys(row[series] for row in rows))
+    width = 0.8 / max(1, len(names))
+    figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(groups) * max(1, len(names)) / 2), 4))
+    for index, name in enumerate(names):
+        values = [next((row[value] for row in rows if row[group] == g and row[series] == name), 0) for g in groups]
+        axis.bar([i + index * width for i in range(len(groups))], values, width, label=name)
+    axis.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(groups))], groups)
+    axis.set_ylabel(value)
+    axis.set_title(title, fontsize=9)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+# ----- one model, several runtimes ----------------------------------------------------------------
+@dataclass
+class Runtime:
+    name: str
+    run: Callable[[dict[str, np.ndarray]], object]
+
+
+@dataclass
+class ModelUnderTest:
+    task: object
+    folder: Path  # the artifact folder (fastai weights, model.onnx and model.int8.onnx)
+    learn: object
+    data: object
+    runtimes: list[Runtime] = field(default_factory=list)
+    variants: list[str] = field(default_factory=list)  # other exported forms, measured as baselines too
+
+
+def resolve_artifact(target: str) -> Path:
+    """An artifact folder, or a model in the BentoML store (NAME:VERSION or NAME) whose manifest names it."""
+    from pipelines.artifact import SOURCE_FILE
+    from services.manifest import Manifest
+
+    path = Path(target)
+    if path.is_dir():
+        if (path / SOURCE_FILE).is_file():
+            return path
+        return Path(Manifest.read(path).provenance["artifact_dir"])
+    import bentoml
+
+    try:
+        stored = bentoml.models.get(target)
+    except bentoml.exceptions.NotFound:
+        raise PipelineError(f"{target}: neither an artifact folder nor a model in the BentoML store") from None
+    folder = Path(Manifest.read(Path(stored.path)).provenance["artifact_dir"])
+    if not folder.is_dir():
+        raise PipelineError(f"{target} was made from {folder}, which is not on this machine (the fastai weights are there)")
+    return folder
+
+
+def torch_runtime(name: str, module, names: list[str]) -> Runtime:
+    import torch
+
+    module = module.eval()
+
+    def run(inputs):
+        with torch.inference_mode():
+            return module(*(torch.from_numpy(inputs[n]) for n in names))
+
+    return Runtime(name, run)
+
+
+def onnx_runtime(name: str, path: Path, threads: int) -> Runtime:
+    from services.runtime import create_session
+
+    session = create_session(path, provider="cpu", threads=threads)
+    output = session.get_outputs()[0].name
+    return Runtime(name, lambda inputs: session.run([output], inputs))
+
+
+def openvino_runtime(path: Path, threads: int) -> Runtime | None:
+    """OpenVINO's CPU runtime on the same ONNX file, as a reference (bf16 on AMX by its default hint)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    core = ov.Core()
+    compiled = core.compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+    precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    request = compiled.create_infer_request()
+    return Runtime(f"OpenVINO CPU ({precision}) on {path.name}",
+                   lambda inputs: request.infer(inputs))
+
+
+def load_model_under_test(target: str, threads: int, openvino: bool) -> ModelUnderTest:
+    import torch
+
+    from export.onnx_export import export_onnx
+    from pipelines.artifact import load_model_source
+    from services.manifest import INT8_MODEL_FILE, MODEL_FILE
+
+    folder = resolve_artifact(target)
+    source = load_model_source(folder)
+    task, learn = source.task, source.learn
+    torch.set_num_threads(threads)
+    names = task.onnx_config.input_names
+    model = ModelUnderTest(task, folder, learn, source.data)
+    model.runtimes.append(torch_runtime("fastai/PyTorch eager", task.reference_module(learn), names))
+    for label, module in task.bench_variants(learn).items():
+        scratch = Path(tempfile.mkdtemp(prefix="bench-")) / MODEL_FILE
+        export_onnx(module, task.example_inputs(learn), task.onnx_config, scratch)
+        model.runtimes.append(onnx_runtime(f"ONNX Runtime fp32, {label}", scratch, threads))
+        model.variants.append(label)
+    model.runtimes.append(onnx_runtime("ONNX Runtime fp32", folder / MODEL_FILE, threads))
+    if (folder / INT8_MODEL_FILE).is_file():
+        model.runtimes.append(onnx_runtime("ONNX Runtime int8", folder / INT8_MODEL_FILE, threads))
+    if openvino:
+        reference = openvino_runtime(folder / MODEL_FILE, threads)
+        if reference is None:
+            click.echo("      OpenVINO is not installed (pip install openvino): its reference row is left out")
+        else:
+            model.runtimes.append(reference)
+    return model
+
+
+def interleaved(runtimes: list[Runtime], inputs: dict[str, np.ndarray], rounds: int, repeats: int,
+                budget_s: float) -> dict[str, list[float]]:
+    """Milliseconds per call of each runtime: `rounds` rounds of `repeats` calls each, fewer rounds when a
+    round would pass the time budget."""
+    samples: dict[str, list[float]] = {r.name: [] for r in runtimes}
+    for runtime in runtimes:
+        runtime.run(inputs)  # warm-up: first-call allocations and kernel selection
+    started = time.perf_counter()
+    for index in range(rounds):
+        for runtime in runtimes:
+            runtime.run(inputs)  # untimed: the first call after another runtime's turn pays for the switch
+            for _ in range(repeats):
+                begin = time.perf_counter()
+                runtime.run(inputs)
+                samples[runtime.name].append((time.perf_counter() - begin) * 1000)
+        if index >= 1 and time.perf_counter() - started > budget_s:
+            break
+    return samples
+
+
+def bench_model(target: str, threads: int, rounds: int, repeats: int, budget_s: float, openvino: bool,
+                results: Path = RESULTS) -> Path:
+    model = load_model_under_test(target, threads, openvino)
+    task = model.task
+    case = task.evaluation_case(task.parity_cases(model.learn, model.data))
+    rows = []
+    for label, inputs in task.bench_inputs(case).items():
+        click.echo(f"      {label}: {len(model.runtimes)} runtimes, {rounds} interleaved rounds of {repeats}")
+        samples = interleaved(model.runtimes, inputs, rounds, repeats, budget_s)
+        medians = {name: statistics.median(values) for name, values in samples.items()}
+        baselines = {"ORT fp32": medians["ONNX Runtime fp32"], **{
+            f"ORT fp32 {variant.split(',')[0]}": medians[f"ONNX Runtime fp32, {variant}"] for variant in model.variants}}
+        batch = len(next(iter(inputs.values())))
+        for runtime in model.runtimes:
+            median = medians[runtime.name]
+            rows.append({"inputs": label, "runtime": runtime.name, "p50 ms": median,
+                         "p95 ms": float(np.percentile(samples[runtime.name], 95)), "items/s": batch * 1000 / median,
+                         **{f"vs {name}": baseline / median for name, baseline in baselines.items()}})
+    title = (f"{task.name} model {model.folder}: latency per call, {threads} threads, interleaved rounds "
+             f"(items/s counts rows of the batch; 'vs X' > 1: faster than X)")
+    return write_results(
+        f"bench_{task.name}", title, rows,
+        lambda path: bar_chart(path, rows, "inputs", "runtime", "p50 ms", title[:110]),
+        [f"threads: {threads} (torch.set_num_threads and ONNX Runtime intra-op)", f"artifact: {model.folder}"],
+        results=results,
+    )
+
+
+# ----- a running Bento under concurrent clients ---------------------------------------------------
+def endpoint_requests(url: str) -> dict[str, Callable]:
+    """One request per served endpoint, built from what GET /models says is served."""
+    import httpx
+
+    from services.client import example_requests
+
+    response = httpx.get(f"{url}/models", timeout=30)
+    if response.status_code == 405:
+        response = httpx.post(f"{url}/models", timeout=30)
+    response.raise_for_status()
+    return example_requests(response.json())
+
+
+def sweep(call: Callable, url: str, clients: int, requests: int, budget_s: float) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    lock = threading.Lock()
+    remaining = iter(range(requests))
+    deadline = time.perf_counter() + budget_s
+
+    def client() -> None:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            while time.perf_counter() < deadline:
+                with lock:
+                    if next(remaining, None) is None:
+                        return
+                started = time.perf_counter()
+                try:
+                    status = call(http).status_code
+                except httpx.HTTPError:
+                    status = 0
+                with lock:
+                    latencies.append((time.perf_counter() - started) * 1000)
+                    statuses[status] = statuses.get(status, 0) + 1
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        for future in [pool.submit(client) for _ in range(clients)]:
+            future.result()
+    elapsed = time.perf_counter() - started
+    done = len(latencies)
+    return {"requests": done, "req/s": done / elapsed if elapsed else 0.0,
+            "p50 ms": statistics.median(latencies) if latencies else float("nan"),
+            "p95 ms": float(np.percentile(latencies, 95)) if latencies else float("nan"),
+            "p99 ms": float(np.percentile(latencies, 99)) if latencies else float("nan"),
+            "errors": sum(count for status, count in statuses.items() if status != 200)}
+
+
+def bench_url(url: str, concurrency: tuple[int, ...], requests: int, budget_s: float, endpoints: tuple[str, ...],
+              results: Path = RESULTS) -> Path:
+    url = url.rstrip("/")
+    calls = endpoint_requests(url)
+    if endpoints:
+        unknown = sorted(set(endpoints) - set(calls))
+        if unknown:
+            raise PipelineError(f"not served at {url}: {', '.join(unknown)} (served: {', '.join(calls)})")
+        calls = {name: calls[name] for name in endpoints}
+    rows = []
+    for name, call in calls.items():
+        for clients in concurrency:
+            click.echo(f"      {name}: {clients} concurrent clients")
+            rows.append({"endpoint": name, "clients": clients, **sweep(call, url, clients, requests, budget_s)})
+    title = f"{url}: {requests} requests (at most {budget_s:g} s) per endpoint and concurrency"
+    return write_results(
+        "bench_url", title, rows,
+        lambda path: bar_chart(path, rows, "endpoint", "clients", "req/s", title[:110]),
+        [f"url: {url}"], results=results,
+    )

@@ -1,0 +1,144 @@
+"""int8: `pipelines quantize` writes model.int8.onnx and judges it with the task's gate; only a passing
+int8 model is registered, and the services serve it where PIPELINES_PRECISION asks for it and say so."""
+
+import json
+import shutil
+from pathlib import Path
+
+import bentoml
+import numpy as np
+import pytest
+
+from export.quantize import QuantizationGate, gate_problems, judge_case, metric_loss
+from services.loading import model_file
+from services.manifest import INT8_MODEL_FILE, MODEL_FILE, PARITY_FILE
+from services.runtime import ProviderUnavailableError, create_session
+from tests.helpers import bentoml_server
+from tests.test_cli import assert_clean_failure, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def copy_artifact(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    (target / INT8_MODEL_FILE).unlink(missing_ok=True)
+    return target
+
+
+@pytest.fixture(scope="module")
+def quantized_unet(unet_run, tmp_path_factory):
+    """The tiny U-Net's artifact, quantized by the CLI (static QDQ, calibrated on its training split)."""
+    _, result = unet_run
+    folder = copy_artifact(result.output_dir, tmp_path_factory.mktemp("int8") / "unet")
+    completed = run_cli("quantize", str(folder))
+    return folder, completed
+
+
+def test_quantize_writes_int8_and_records_the_gate_beside_fp32(quantized_unet):
+    folder, completed = quantized_unet
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "[quantize]" in completed.stdout and "calibrating activation ranges on" in completed.stdout
+    assert "the training split" in completed.stdout
+    parity = json.loads((folder / PARITY_FILE).read_text())
+    assert parity["passed"]  # the fp32 verdict is untouched
+    section = parity["int8"]
+    assert section["passed"] and section["method"] == "static" and section["file"] == INT8_MODEL_FILE
+    judged = section["judged"][0]
+    assert judged["argmax_agreement"] >= 0.98
+    assert set(judged["metrics"]) == {"accuracy", "dice"}
+    assert set(section["latency_ms"]) == {"batch 1", "batch 16"}
+    int8_size, fp32_size = (folder / INT8_MODEL_FILE).stat().st_size, (folder / MODEL_FILE).stat().st_size
+    assert int8_size < fp32_size / 3  # int8 weights: a quarter of the bytes, plus scales
+    assert "## int8" in (folder / "report.md").read_text()
+
+
+def test_int8_is_registered_only_after_passing_and_served_where_asked(quantized_unet, tmp_path):
+    folder, _ = quantized_unet
+    assert run_cli("register", str(folder), "--name", "unet-int8").returncode == 0
+    stored = bentoml.models.get("unet-int8:latest")
+    assert (Path(stored.path) / INT8_MODEL_FILE).is_file()
+    assert stored.info.labels["precision"] == "fp32-int8"
+    image = tmp_path / "scene.png"
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 96, 3), np.uint8)).save(image)
+    for precision, expected in (("auto", "int8"), ("fp32", "fp32"), ("int8", "int8")):
+        env = {"PIPELINES_PROVIDER": "cpu", "PIPELINES_PRECISION": precision, "UNET_MODEL_TAG": "unet-int8:latest"}
+        with bentoml_server("services.unet:UnetService", env=env) as url:
+            import httpx
+
+            with open(image, "rb") as handle:
+                response = httpx.post(f"{url}/summary", files={"image": ("scene.png", handle.read())}, timeout=60)
+            assert response.status_code == 200, response.text
+            assert response.json()["precision"] == expected
+            info = httpx.post(f"{url}/model_info", timeout=30).json()
+            assert info["precision"] == expected
+
+
+def test_a_bad_calibration_fails_the_gate_and_nothing_int8_is_registered(siamese_run, tmp_path):
+    """Calibrated on black images, the activation ranges are wrong for real inputs: int8 agrees with fp32
+    far less than with calibration on the training split, and the gate refuses it."""
+    from PIL import Image
+
+    _, result = siamese_run
+    agreements = {}
+    black = tmp_path / "black"
+    black.mkdir()
+    for n in range(8):
+        Image.new("RGB", (32, 32)).save(black / f"black{n}.png")
+    for name, extra in (("training split", ()), ("black images", ("--calibration", str(black)))):
+        folder = copy_artifact(result.output_dir, tmp_path / name.replace(" ", "-"))
+        completed = run_cli("quantize", str(folder), *extra)
+        section = json.loads((folder / PARITY_FILE).read_text())["int8"]
+        assert completed.returncode == (0 if section["passed"] else 1), completed.stderr[-2000:]
+        agreements[name] = section["judged"][0]["argmax_agreement"]
+    assert_clean_failure(completed)
+    assert "int8 not kept" in completed.stderr and "fp32 stays" in completed.stderr
+    assert not section["passed"] and section["problems"]
+    assert agreements["black images"] < agreements["training split"] - 0.05
+    assert run_cli("register", str(folder), "--name", "siamese-badcal").returncode == 0
+    stored = bentoml.models.get("siamese-badcal:latest")
+    assert not (Path(stored.path) / INT8_MODEL_FILE).exists()
+    assert stored.info.labels["precision"] == "fp32"
+
+
+def test_quantize_refuses_an_unverified_model(unet_run, tmp_path):
+    _, result = unet_run
+    folder = copy_artifact(result.output_dir, tmp_path / "unet")
+    (folder / PARITY_FILE).unlink()
+    completed = run_cli("quantize", str(folder))
+    assert_clean_failure(completed)
+    assert "never verified" in completed.stderr
+    assert not (folder / INT8_MODEL_FILE).exists()
+
+
+def test_precision_choice(tmp_path):
+    (tmp_path / MODEL_FILE).write_bytes(b"fp32")
+    assert model_file("m:1", tmp_path, "auto") == (tmp_path / MODEL_FILE, "fp32")
+    with pytest.raises(ProviderUnavailableError, match="no int8 model that passed its gate"):
+        model_file("m:1", tmp_path, "int8")
+    (tmp_path / INT8_MODEL_FILE).write_bytes(b"int8")
+    assert model_file("m:1", tmp_path, "auto") == (tmp_path / INT8_MODEL_FILE, "int8")
+    assert model_file("m:1", tmp_path, "auto", provider="CUDAExecutionProvider") == (tmp_path / MODEL_FILE, "fp32")
+    assert model_file("m:1", tmp_path, "fp32") == (tmp_path / MODEL_FILE, "fp32")
+
+
+def test_gate_arithmetic():
+    gate = QuantizationGate("static", {"accuracy": 1.0, "rmse": 1.0}, min_agreement=0.99, min_speedup=1.2)
+    assert metric_loss("accuracy", 0.90, 0.885) == pytest.approx(1.5)
+    assert metric_loss("rmse", 2.0, 2.01) == pytest.approx(0.5)
+    from export.quantize import CaseJudgement
+
+    good = CaseJudgement("valid", 100, 1.0, {"accuracy": {"fp32": 0.9, "int8": 0.895}}, 0.01)
+    assert gate_problems(gate, good, speedup=1.3) == []
+    worse = CaseJudgement("valid", 100, 0.98, {"accuracy": {"fp32": 0.9, "int8": 0.88}}, 0.1)
+    problems = gate_problems(gate, worse, speedup=1.1)
+    assert len(problems) == 3 and "98.0%" in problems[0] and "2.00 points" in problems[1] and "1.10x" in problems[2]
+
+
+def test_judging_compares_fp32_and_int8_sessions_on_the_same_rows(unet_run):
+    _, result = unet_run
+    session = create_session(result.output_dir / MODEL_FILE)
+    images = np.random.default_rng(0).standard_normal((2, 3, 64, 96), dtype=np.float32)
+    judged = judge_case("same model", {"image": images}, None, ("accuracy",), session, session)
+    assert judged.argmax_agreement == 1.0 and judged.logits_max_abs_error == 0.0 and judged.metrics == {}
