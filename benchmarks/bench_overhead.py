@@ -81,7 +81,7 @@ def main() -> None:
                              "overhead above echo ms": over_http - alone - echo})
     title = (f"Serving overhead, one sequential client on loopback, {args.requests} requests each "
              f"(server env: {env})")
-    write_results("overhead", title, rows, lambda path: None, [],
+    write_results("overhead", title, rows, None, [],
                   command="python -m benchmarks.bench_overhead " + " ".join(sys.argv[1:]))
 
 

@@ -48,7 +48,7 @@ def machine_label() -> str:
     return f"cpu{os.cpu_count()}"
 
 
-def write_results(name: str, title: str, rows: list[dict], chart: Callable[[Path], None], notes: list[str],
+def write_results(name: str, title: str, rows: list[dict], chart: Callable[[Path], None] | None, notes: list[str],
                   command: str | None = None, results: Path = RESULTS) -> Path:
     """Print the table, and write it with the command and the machine to RESULTS/NAME_*.log, with the
     chart beside it as .png."""
@@ -64,9 +64,11 @@ def write_results(name: str, title: str, rows: list[dict], chart: Callable[[Path
              f"python {platform.python_version()}, onnxruntime {onnxruntime.__version__}",
              f"date: {dt.datetime.now().isoformat(timespec='seconds')}", *notes, "", title, "", table, ""]
     stem.with_suffix(".log").write_text("\n".join(lines))
-    chart(stem.with_suffix(".png"))
     click.echo(f"\n{title}\n\n{table}\n")
-    click.echo(f"log: {stem.with_suffix('.log')}\nchart: {stem.with_suffix('.png')}")
+    click.echo(f"log: {stem.with_suffix('.log')}")
+    if chart is not None:
+        chart(stem.with_suffix(".png"))
+        click.echo(f"chart: {stem.with_suffix('.png')}")
     return stem.with_suffix(".log")
 
 
@@ -245,17 +247,19 @@ def bench_model(target: str, threads: int, rounds: int, repeats: int, budget_s: 
 
 
 # ----- a running Bento under concurrent clients ---------------------------------------------------
-def endpoint_requests(url: str) -> dict[str, Callable]:
-    """One request per served endpoint, built from what GET /models says is served."""
+def served_models(url: str) -> dict[str, dict]:
+    """What GET /models says is served (POST for Bentos built before GET existed)."""
     import httpx
 
-    from services.client import example_requests
-
-    response = httpx.get(f"{url}/models", timeout=30)
-    if response.status_code == 405:
-        response = httpx.post(f"{url}/models", timeout=30)
-    response.raise_for_status()
-    return example_requests(response.json())
+    try:
+        response = httpx.get(f"{url}/models", timeout=30)
+        if response.status_code == 405:
+            response = httpx.post(f"{url}/models", timeout=30)
+    except httpx.TransportError as error:
+        raise PipelineError(f"cannot reach {url}: {type(error).__name__}; is the Bento running?") from None
+    if response.status_code != 200:
+        raise PipelineError(f"{url}/models answered HTTP {response.status_code}: {response.text[:200]}")
+    return response.json()
 
 
 def sweep(call: Callable, url: str, clients: int, requests: int, budget_s: float) -> dict:
@@ -297,8 +301,11 @@ def sweep(call: Callable, url: str, clients: int, requests: int, budget_s: float
 
 def bench_url(url: str, concurrency: tuple[int, ...], requests: int, budget_s: float, endpoints: tuple[str, ...],
               results: Path = RESULTS) -> Path:
+    from services.client import example_requests
+
     url = url.rstrip("/")
-    calls = endpoint_requests(url)
+    models = served_models(url)
+    calls = example_requests(models)
     if endpoints:
         unknown = sorted(set(endpoints) - set(calls))
         if unknown:
@@ -313,5 +320,7 @@ def bench_url(url: str, concurrency: tuple[int, ...], requests: int, budget_s: f
     return write_results(
         "bench_url", title, rows,
         lambda path: bar_chart(path, rows, "endpoint", "clients", "req/s", title[:110]),
-        [f"url: {url}"], results=results,
+        [f"url: {url}", *(f"served: {task}: {info['model']}, {info['provider']}, {info.get('precision', 'fp32')}, "
+                            f"batching concurrent requests: {info.get('batching_concurrent_requests', False)}"
+                            for task, info in models.items())], results=results,
     )

@@ -20,7 +20,7 @@ from export.manifest import build_manifest
 from export.onnx_export import export_onnx
 from export.parity import ParityReport, check_parity
 from export.quantize import (
-    QuantizationReport, gate_problems, interleaved_latency, judge_case, quantize_model, rows_of,
+    QuantizationReport, gate_problems, interleaved_latency, judge_case, quantize_model,
 )
 from export.report import write_int8_report, write_report
 from pipelines.artifact import ModelSource, load_model_source, read_record, write_trained
@@ -228,7 +228,7 @@ def quantize(source: ModelSource, calibration: Path | None = None, position: str
     case = task.evaluation_case(task.parity_cases(learn, source.data))
     stage("quantize", f"judging int8 against fp32 on {case.name} ({source.data.source})", position)
     judged = judge_case(case.name, case.inputs, case.targets, case.metrics, sessions["fp32"], sessions["int8"])
-    latency = {f"batch {n}": interleaved_latency(sessions, rows_of(case.inputs, n)) for n in (1, 16)}
+    latency = {label: interleaved_latency(sessions, inputs) for label, inputs in task.bench_inputs(case).items()}
     speedup = min(times["fp32"] / times["int8"] for times in latency.values())
     problems = gate_problems(gate, judged, speedup)
     for batch, times in latency.items():

@@ -46,8 +46,28 @@ def check_provider_configuration() -> None:
 
 
 def model_tag(task: str) -> str:
-    """The model a service loads: `<TASK>_MODEL_TAG` (for example SIAMESE_MODEL_TAG), else `<task>:latest`."""
-    return os.environ.get(f"{task.upper()}_MODEL_TAG", f"{task}:latest")
+    """The model a service loads: `<TASK>_MODEL_TAG` (for example SIAMESE_MODEL_TAG), else `<task>:latest`;
+    in a built Bento, `NAME:latest` is the version the Bento was built with."""
+    return version_in_bento(os.environ.get(f"{task.upper()}_MODEL_TAG", f"{task}:latest"))
+
+
+# A built Bento holds its sources in <bento>/src/ beside bento.yaml, which lists the models it pinned.
+BENTO_INFO = Path(__file__).resolve().parents[2] / "bento.yaml"
+
+
+def version_in_bento(tag: str) -> str:
+    """`NAME:latest` (or `NAME`) as the version the running Bento was built with. BentoML resolves `latest`
+    against the whole model store, so without this a Bento served on a machine where `latest` has moved
+    since the build would serve the newer model."""
+    name, _, version = tag.partition(":")
+    if version not in ("", "latest") or not BENTO_INFO.is_file():
+        return tag
+    import yaml
+
+    info = yaml.safe_load(BENTO_INFO.read_text()) or {}
+    models = [*(info.get("models") or []), *(m for svc in info.get("services") or [] for m in svc.get("models") or [])]
+    pinned = [str(model["tag"]) for model in models if str(model.get("tag", "")).split(":")[0] == name]
+    return pinned[0] if pinned else tag
 
 
 class WrongTaskError(RuntimeError):

@@ -177,8 +177,9 @@ def test_custom_layer_the_exporter_cannot_convert_is_named(tmp_path):
         "learn.export(sys.argv[1])\ndf.head(5).to_csv(sys.argv[2], index=False)\n"
     )
     env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
-    subprocess.run([sys.executable, str(script), str(tmp_path / "gate.pkl"), str(tmp_path / "rows.csv")],
-                   check=True, env=env, capture_output=True)
+    made = subprocess.run([sys.executable, str(script), str(tmp_path / "gate.pkl"), str(tmp_path / "rows.csv")],
+                          env=env, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr[-3000:]
     completed = run_cli("export", "--learner", str(tmp_path / "gate.pkl"), "--sample", str(tmp_path / "rows.csv"),
                         "--output", str(tmp_path / "out"), env={"PYTHONPATH": str(tmp_path)})
     assert_clean_failure(completed, "no exporter could convert the model", "my_layers.SpectralGate")
