@@ -82,6 +82,28 @@ def test_register_refuses_an_unverified_or_changed_model(staged, tmp_path):
     assert stored_versions("tabular-changed") == before == set()
 
 
+def test_a_parity_failure_through_the_cli_exits_1_names_it_and_registers_nothing(staged, tmp_path):
+    """A model.onnx whose weights are not the trained ones (the last layer's weights scaled): verify exits
+    1 with the typed error and what differs; register refuses; the store is unchanged."""
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    copy = tmp_path / "tampered"
+    shutil.copytree(staged, copy)
+    model = onnx.load(str(copy / MODEL_FILE))
+    last = [tensor for tensor in model.graph.initializer if len(tensor.dims) == 2][-1]
+    last.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(last) * 3.0, last.name))
+    onnx.save(model, str(copy / MODEL_FILE))
+    completed = run_cli("verify", str(copy))
+    assert completed.returncode == 1
+    assert_clean_failure(completed, "ToleranceExceededError", "logits differ by up to")
+    assert not json.loads((copy / "parity.json").read_text())["passed"]
+    assert_clean_failure(run_cli("register", str(copy), "--name", "tabular-tampered"), "failed its parity check")
+    assert stored_versions("tabular-tampered") == set()
+
+
 def test_reexport_makes_the_model_unverified_again(staged, tmp_path):
     import shutil
 

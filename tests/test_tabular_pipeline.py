@@ -169,3 +169,14 @@ def test_failed_parity_registers_nothing_and_latest_stays(tabular_run, tmp_path)
     assert bentoml.models.get("tabular:latest").tag == latest
     assert len(bentoml.models.list("tabular")) == count
     assert json.loads((tmp_path / "strict" / "parity.json").read_text())["passed"] is False
+
+
+def test_training_on_the_embedded_data_learns(tabular_run):
+    """Seconds of training on the embedded penguins, in a fresh clone: far above the majority class."""
+    import palmerpenguins
+
+    _, result = tabular_run
+    species = palmerpenguins.load_penguins()["species"]
+    majority = species.value_counts(normalize=True).max()  # Adelie, about 0.44
+    accuracy = result.manifest.metrics["training"]["accuracy"]
+    assert accuracy > majority + 0.3, (accuracy, majority)
