@@ -2,7 +2,7 @@
 
 Quantization and its judgement are separate steps, like export and parity: `quantize_model` writes
 model.int8.onnx (static QDQ for convolutional models, calibrated on training inputs; dynamic for the
-LSTM and the MLP), `judge_quantized` runs fp32 and int8 side by side on the evaluation data and applies
+LSTM and the MLP), `judge_case` runs fp32 and int8 side by side on the evaluation data and applies
 the gate the task declares. Sessions come from `services.runtime.create_session`, as served.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -193,25 +192,29 @@ def gate_problems(gate: QuantizationGate, judged: CaseJudgement, speedup: float)
     return problems
 
 
-def median_latency_ms(session: ort.InferenceSession, inputs: dict[str, np.ndarray], repeats: int) -> float:
+def interleaved_ms(runs: dict[str, Callable[[dict[str, np.ndarray]], object]], inputs: dict[str, np.ndarray],
+                   rounds: int = 5, repeats: int = 5, budget_s: float = float("inf")) -> dict[str, list[float]]:
+    """Milliseconds per call of each run, measured in alternating rounds (every run `repeats` times per
+    round) so that all see the same machine; fewer rounds (at least two) when they pass the time budget."""
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for run in runs.values():
+        run(inputs)  # warm-up: first-call allocations and kernel selection
+    started = time.perf_counter()
+    for index in range(rounds):
+        for name, run in runs.items():
+            run(inputs)  # untimed: the first call after another run's turn pays for the switch
+            for _ in range(repeats):
+                begin = time.perf_counter()
+                run(inputs)
+                samples[name].append((time.perf_counter() - begin) * 1000)
+        if index >= 1 and time.perf_counter() - started > budget_s:
+            break
+    return samples
+
+
+def session_run(session: ort.InferenceSession) -> Callable[[dict[str, np.ndarray]], object]:
     output = session.get_outputs()[0].name
-    session.run([output], inputs)
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        session.run([output], inputs)
-        samples.append((time.perf_counter() - started) * 1000)
-    return statistics.median(samples)
-
-
-def interleaved_latency(sessions: dict[str, ort.InferenceSession], inputs: dict[str, np.ndarray],
-                        rounds: int = 5, repeats: int = 5) -> dict[str, float]:
-    """Median latency per session, measured in alternating rounds so that both see the same machine."""
-    samples: dict[str, list[float]] = {name: [] for name in sessions}
-    for _ in range(rounds):
-        for name, session in sessions.items():
-            samples[name].append(median_latency_ms(session, inputs, repeats))
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return lambda inputs: session.run([output], inputs)
 
 
 def rows_of(inputs: dict[str, np.ndarray], count: int) -> dict[str, np.ndarray]:

@@ -51,8 +51,8 @@ def int8_passed(artifact_dir: Path, report: dict) -> bool:
     return bool(section.get("passed")) and path.is_file() and section.get("sha256") == file_sha256(path)
 
 
-def register_model(name: str, artifact_dir: Path, labels: dict[str, str], metadata: dict) -> str:
-    """Returns the tag; the int8 model goes in only when it passed its gate."""
+def register_model(name: str, artifact_dir: Path, labels: dict[str, str], metadata: dict) -> tuple[str, list[str]]:
+    """Returns the tag and the precisions registered: the int8 model goes in only when it passed its gate."""
     artifact_dir = Path(artifact_dir)
     check_model_name(name)
     report = check_verified(artifact_dir)
@@ -69,4 +69,4 @@ def register_model(name: str, artifact_dir: Path, labels: dict[str, str], metada
         for item in files:
             if item.is_file():
                 shutil.copy2(item, model.path_of(item.name))
-    return str(model.tag)
+    return str(model.tag), precisions

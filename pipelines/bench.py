@@ -198,35 +198,18 @@ def load_model_under_test(target: str, threads: int, openvino: bool) -> ModelUnd
     return model
 
 
-def interleaved(runtimes: list[Runtime], inputs: dict[str, np.ndarray], rounds: int, repeats: int,
-                budget_s: float) -> dict[str, list[float]]:
-    """Milliseconds per call of each runtime: `rounds` rounds of `repeats` calls each, fewer rounds when a
-    round would pass the time budget."""
-    samples: dict[str, list[float]] = {r.name: [] for r in runtimes}
-    for runtime in runtimes:
-        runtime.run(inputs)  # warm-up: first-call allocations and kernel selection
-    started = time.perf_counter()
-    for index in range(rounds):
-        for runtime in runtimes:
-            runtime.run(inputs)  # untimed: the first call after another runtime's turn pays for the switch
-            for _ in range(repeats):
-                begin = time.perf_counter()
-                runtime.run(inputs)
-                samples[runtime.name].append((time.perf_counter() - begin) * 1000)
-        if index >= 1 and time.perf_counter() - started > budget_s:
-            break
-    return samples
-
-
 def bench_model(target: str, threads: int, rounds: int, repeats: int, budget_s: float, openvino: bool,
                 results: Path = RESULTS) -> Path:
+    from export.quantize import interleaved_ms
+
     model = load_model_under_test(target, threads, openvino)
     task = model.task
     case = task.evaluation_case(task.parity_cases(model.learn, model.data))
     rows = []
     for label, inputs in task.bench_inputs(case).items():
         click.echo(f"      {label}: {len(model.runtimes)} runtimes, {rounds} interleaved rounds of {repeats}")
-        samples = interleaved(model.runtimes, inputs, rounds, repeats, budget_s)
+        samples = interleaved_ms({runtime.name: runtime.run for runtime in model.runtimes}, inputs, rounds, repeats,
+                                 budget_s)
         medians = {name: statistics.median(values) for name, values in samples.items()}
         baselines = {"ORT fp32": medians["ONNX Runtime fp32"], **{
             f"ORT fp32 {variant.split(',')[0]}": medians[f"ONNX Runtime fp32, {variant}"] for variant in model.variants}}

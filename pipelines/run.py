@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
+import statistics
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from export.manifest import build_manifest
 from export.onnx_export import export_onnx
 from export.parity import ParityReport, check_parity
 from export.quantize import (
-    QuantizationReport, gate_problems, interleaved_latency, judge_case, quantize_model,
+    QuantizationReport, gate_problems, interleaved_ms, judge_case, quantize_model, session_run,
 )
 from export.report import write_int8_report, write_report
 from pipelines.artifact import ModelSource, load_model_source, read_record, write_trained
@@ -228,7 +229,9 @@ def quantize(source: ModelSource, calibration: Path | None = None, position: str
     case = task.evaluation_case(task.parity_cases(learn, source.data))
     stage("quantize", f"judging int8 against fp32 on {case.name} ({source.data.source})", position)
     judged = judge_case(case.name, case.inputs, case.targets, case.metrics, sessions["fp32"], sessions["int8"])
-    latency = {label: interleaved_latency(sessions, inputs) for label, inputs in task.bench_inputs(case).items()}
+    runs = {precision: session_run(session) for precision, session in sessions.items()}
+    latency = {label: {precision: statistics.median(values) for precision, values in interleaved_ms(runs, inputs).items()}
+               for label, inputs in task.bench_inputs(case).items()}
     speedup = min(times["fp32"] / times["int8"] for times in latency.values())
     problems = gate_problems(gate, judged, speedup)
     for batch, times in latency.items():
@@ -262,15 +265,13 @@ def register(folder: Path, name: str | None = None, position: str = "") -> str:
     name = name or task_name
     stage("register", f"saving {folder} into the BentoML model store as {name!r}", position)
     metrics = manifest.metrics.get("training", {}) if manifest else {}
-    tag = register_model(
+    tag, precisions = register_model(
         name, folder, labels={"task": task_name, "parity": "passed"},
         metadata={"task": task_name, "data_source": (manifest.provenance.get("data_source") if manifest else "") or "",
                   **{k: round(v, 6) for k, v in metrics.items() if isinstance(v, (int, float))}},
     )
-    from export.store import int8_passed
-
-    with_int8 = int8_passed(folder, ParityReport.read(folder / PARITY_FILE))
-    click.secho(f"registered {tag} (now {name}:latest){' with its int8 model' if with_int8 else ''}", fg="green")
+    click.secho(f"registered {tag} (now {name}:latest){' with its int8 model' if 'int8' in precisions else ''}",
+                fg="green")
     return tag
 
 

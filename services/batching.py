@@ -17,16 +17,13 @@ from typing import Callable
 
 import numpy as np
 
+from services.runtime import configured_choice
+
 BATCHING_CHOICES = ("auto", "off")
 
 
 def configured_batching() -> str:
-    choice = os.environ.get("PIPELINES_BATCHING", "auto").strip().lower()
-    if choice not in BATCHING_CHOICES:
-        from services.runtime import ProviderUnavailableError
-
-        raise ProviderUnavailableError(f"PIPELINES_BATCHING={choice!r} is not one of {', '.join(BATCHING_CHOICES)}")
-    return choice
+    return configured_choice("PIPELINES_BATCHING", BATCHING_CHOICES, "auto")
 
 
 def max_batch() -> int:

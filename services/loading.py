@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from services.batching import GreedyBatcher, configured_batching, max_batch
 from services.manifest import INT8_MODEL_FILE, MODEL_FILE, PARITY_FILE, Manifest, file_sha256
 from services.runtime import (
     CPU, ProviderUnavailableError, configured_precision, configured_provider, configured_threads, create_session,
@@ -34,8 +35,6 @@ def check_provider_configuration() -> None:
     server exit with the message instead. With PIPELINES_PROVIDER=cuda a probe session is created, so
     missing CUDA or cuDNN libraries (ONNX Runtime's silent fallback to the CPU) stop the start too.
     """
-    from services.batching import configured_batching
-
     configured_threads()
     configured_precision()
     configured_batching()
@@ -206,8 +205,6 @@ class TaskHandler:
     batches_concurrent_requests: bool = False
 
     def __init__(self, model: ServedModel):
-        from services.batching import GreedyBatcher, configured_batching, max_batch
-
         self.model = model
         self.manifest = model.manifest
         self.spec = model.manifest.preprocessing

@@ -25,14 +25,17 @@ class ProviderUnavailableError(RuntimeError):
     """The configuration asked for an execution provider that ONNX Runtime cannot use here."""
 
 
+def configured_choice(variable: str, choices: tuple[str, ...], default: str) -> str:
+    """A setting that takes one of `choices`, from the environment; anything else stops with one line."""
+    choice = os.environ.get(variable, default).strip().lower()
+    if choice not in choices:
+        raise ProviderUnavailableError(f"{variable}={choice!r} is not one of {', '.join(choices)}")
+    return choice
+
+
 def configured_provider() -> str:
     """The provider choice from `PIPELINES_PROVIDER` (cpu, cuda or auto; default auto)."""
-    choice = os.environ.get("PIPELINES_PROVIDER", "auto").strip().lower()
-    if choice not in PROVIDER_CHOICES:
-        raise ProviderUnavailableError(
-            f"PIPELINES_PROVIDER={choice!r} is not one of {', '.join(PROVIDER_CHOICES)}"
-        )
-    return choice
+    return configured_choice("PIPELINES_PROVIDER", PROVIDER_CHOICES, "auto")
 
 
 PRECISION_CHOICES: tuple[str, ...] = ("fp32", "int8", "auto")
@@ -41,12 +44,7 @@ PRECISION_CHOICES: tuple[str, ...] = ("fp32", "int8", "auto")
 def configured_precision() -> str:
     """`PIPELINES_PRECISION`: fp32, int8 (refuse to start where a model has no int8 file that passed its
     gate) or auto (default: int8 where it passed its gate and the session runs on the CPU, else fp32)."""
-    choice = os.environ.get("PIPELINES_PRECISION", "auto").strip().lower()
-    if choice not in PRECISION_CHOICES:
-        raise ProviderUnavailableError(
-            f"PIPELINES_PRECISION={choice!r} is not one of {', '.join(PRECISION_CHOICES)}"
-        )
-    return choice
+    return configured_choice("PIPELINES_PRECISION", PRECISION_CHOICES, "auto")
 
 
 def configured_threads() -> int:
