@@ -11,13 +11,13 @@ book's Oxford-IIIT Pets with ImageNet weights (fine_tune), as the chapter does.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from benchmarks.common import print_table
+from pipelines.bench import machine_line
 
 CONFIGURATIONS = [
     {"head_pool": "concat", "splitter": "default"},
@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
     print(f"command: python -m benchmarks.bench_classifier_heads {' '.join(sys.argv[1:])}".rstrip())
-    print(f"date: {time.strftime('%Y-%m-%d %H:%M')}, machine: {os.cpu_count()} CPUs")
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M')}, {machine_line()}")
 
     from pipelines.registry import get_task
     from pipelines.run import train

@@ -23,7 +23,7 @@ def main() -> None:
     import torch
 
     from pipelines.registry import get_task
-    from benchmarks.common import print_table, row, timed
+    from benchmarks.common import log_table, row, serving_env, timed
     from services.images import image_to_tensor
     from services.manifest import MODEL_FILE, Manifest
     from services.runtime import create_session
@@ -60,14 +60,14 @@ def main() -> None:
         with Image.open(first) as image:
             rows.append(row("preprocessing one image (numpy+Pillow)", 1,
                             timed(lambda: image_to_tensor(image, manifest.preprocessing), args.repeats), "images/s"))
-        env = {"PIPELINES_PROVIDER": "cpu", "PIPELINES_THREADS": str(args.threads)}  # HTTP serves siamese:latest
+        env = serving_env(args.threads)  # HTTP serves siamese:latest
         with bentoml_server("services.siamese:SiameseService", env=env, log_path=Path(scratch) / "serve.log") as url:
             client = bentoml.SyncHTTPClient(url)
             rows.append(row("HTTP /predict (bentoml serve, multipart)", 1,
                             timed(lambda: client.predict(image_a=first, image_b=second), args.repeats), "pairs/s"))
             client.close()
 
-    print_table(f"Siamese model {folder} ({manifest.provenance['options']['arch']}, {size[0]}x{size[1]} px), "
+    log_table("latency_siamese", f"Siamese model {folder} ({manifest.provenance['options']['arch']}, {size[0]}x{size[1]} px), "
                 f"{args.threads} threads, {args.repeats} runs each", rows)
 
 

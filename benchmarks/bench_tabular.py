@@ -28,7 +28,7 @@ def main() -> None:
     import requests
     import torch
 
-    from benchmarks.common import print_table, row, timed
+    from benchmarks.common import log_table, row, serving_env, timed
     from pipelines.registry import get_task
     from pipelines.run import train_and_export
     from pipelines.tasks.tabular import frame_to_records
@@ -42,7 +42,7 @@ def main() -> None:
     options = dict(TINY_TABULAR_OPTIONS, data=args.data, target=args.target, epochs=1, output=scratch / "run")
     result = train_and_export(task, options)
     learn, spec = result.learn, result.manifest.preprocessing
-    frame, _, _ = task.load_frames(options)
+    frame, _, _ = task.load_frames(task.Options.from_mapping(options))
     frame = frame.drop(columns=[spec.target])
     big = pd.concat([frame] * (1024 // len(frame) + 1), ignore_index=True).head(1024)
     session = create_session(result.output_dir / MODEL_FILE, "cpu", threads=args.threads)
@@ -62,7 +62,7 @@ def main() -> None:
 
         rows.append(row("served in process (numpy + ONNX Runtime)", batch, timed(served, args.repeats), "records/s"))
 
-    env = {"PIPELINES_PROVIDER": "cpu", "PIPELINES_THREADS": str(args.threads)}
+    env = serving_env(args.threads)
     with bentoml_server("services.tabular:TabularService", env=env, log_path=scratch / "serve.log") as url:
         with requests.Session() as http:
             for batch, rows_frame in ((1, big.head(1)), (1024, big)):
@@ -70,7 +70,7 @@ def main() -> None:
                 rows.append(row("HTTP /predict (bentoml serve, JSON)", batch,
                                 timed(lambda: http.post(f"{url}/predict", json=payload, timeout=60).raise_for_status(), args.repeats),
                                 "records/s"))
-    print_table(f"Tabular ({args.data}, {len(spec.cat_names)} categorical + {len(spec.cont_names)} continuous columns), "
+    log_table("latency_tabular", f"Tabular ({args.data}, {len(spec.cat_names)} categorical + {len(spec.cont_names)} continuous columns), "
                 f"{args.threads} threads, {args.repeats} runs each", rows)
 
 

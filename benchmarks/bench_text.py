@@ -20,7 +20,7 @@ def main() -> None:
     import requests
     import torch
 
-    from benchmarks.common import print_table, row, timed
+    from benchmarks.common import log_table, row, serving_env, timed
     from pipelines.registry import get_task
     from services.manifest import MODEL_FILE, Manifest
     from services.runtime import create_session
@@ -52,13 +52,13 @@ def main() -> None:
     rows.append(row("tokenise + numericalise (spaCy, no fastai)", 1,
                     timed(lambda: numericalize(tokenize(review, spec)), args.repeats), "texts/s"))
     with tempfile.TemporaryDirectory() as scratch:
-        env = {"PIPELINES_PROVIDER": "cpu", "PIPELINES_THREADS": str(args.threads)}
+        env = serving_env(args.threads)
         with bentoml_server("services.text:TextService", env=env, log_path=Path(scratch) / "serve.log") as url:
             with requests.Session() as http:
                 rows.append(row("HTTP /classify (bentoml serve)", 1, timed(
                     lambda: http.post(f"{url}/classify", json={"text": review}, timeout=60).raise_for_status(),
                     args.repeats), "texts/s"))
-    print_table(f"Text {folder} ({manifest.provenance['options']['model_size']} AWD_LSTM, vocab {len(spec.vocab)}), "
+    log_table("latency_text", f"Text {folder} ({manifest.provenance['options']['model_size']} AWD_LSTM, vocab {len(spec.vocab)}), "
                 f"{args.threads} threads, {args.repeats} runs each", rows)
 
 

@@ -21,7 +21,7 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from benchmarks.common import print_table, row, timed
+    from benchmarks.common import log_table, row, serving_env, timed
     from pipelines.registry import get_task
     from services.manifest import MODEL_FILE, Manifest
     from services.runtime import create_session
@@ -45,14 +45,14 @@ def main() -> None:
         rows.append(row(f"ONNX Runtime CPU {height}x{width}", 1,
                         timed(lambda: session.run(None, {"image": image}), args.repeats), "images/s"))
     with tempfile.TemporaryDirectory() as scratch:
-        env = {"PIPELINES_PROVIDER": "cpu", "PIPELINES_THREADS": str(args.threads)}  # HTTP serves unet:latest
+        env = serving_env(args.threads)  # HTTP serves unet:latest
         upload = image_bytes(Image.fromarray(np.random.default_rng(1).integers(0, 255, (100, 150, 3), np.uint8)), "PNG")
         with bentoml_server("services.unet:UnetService", env=env, log_path=Path(scratch) / "serve.log") as url:
             with requests.Session() as http:
                 rows.append(row("HTTP /segment 100x150 PNG (bentoml serve)", 1, timed(
                     lambda: http.post(f"{url}/segment", files={"image": ("a.png", upload)}, timeout=60).raise_for_status(),
                     args.repeats), "images/s"))
-    print_table(f"U-Net {folder} ({manifest.provenance['options']['arch']}), {args.threads} threads, "
+    log_table("latency_unet", f"U-Net {folder} ({manifest.provenance['options']['arch']}), {args.threads} threads, "
                 f"{args.repeats} runs each", rows)
 
 

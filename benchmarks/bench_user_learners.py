@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import print_table
+from pipelines.bench import machine_line
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "tests" / "user_learners"
@@ -59,7 +60,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["siamese", "unet", "text", "tabular"])
     args = parser.parse_args()
     print(f"command: python -m benchmarks.bench_user_learners {' '.join(sys.argv[1:])}".rstrip())
-    print(f"date: {time.strftime('%Y-%m-%d %H:%M')}, machine: {os.cpu_count()} CPUs")
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M')}, {machine_line()}")
     work = Path(tempfile.mkdtemp(prefix="user-learners-"))
     os.environ["BENTOML_HOME"] = str(work / "bentoml")
     os.environ.setdefault("PIPELINES_CACHE", str(work / "cache"))

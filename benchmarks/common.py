@@ -35,6 +35,23 @@ def print_table(title: str, rows: list[dict]) -> None:
         print("| " + " | ".join(number(v) if isinstance(v, float) else str(v) for v in entry.values()) + " |")
 
 
+def log_table(name: str, title: str, rows: list[dict]) -> None:
+    """Print the table and write it, with the command and the machine, to benchmarks/results/NAME_*.log."""
+    import sys
+    from pathlib import Path
+
+    from pipelines.bench import write_results
+
+    command = f"python -m benchmarks.{Path(sys.argv[0]).stem} {' '.join(sys.argv[1:])}".rstrip()
+    write_results(name, title, rows, None, [], command=command)
+
+
+def serving_env(threads: int) -> dict[str, str]:
+    """The served side of the latency tables: the CPU, the same threads, and the fp32 model the in-process
+    rows measure (`pipelines bench` compares fp32 with int8)."""
+    return {"PIPELINES_PROVIDER": "cpu", "PIPELINES_THREADS": str(threads), "PIPELINES_PRECISION": "fp32"}
+
+
 def number(value: float) -> str:
     """Two decimals, or three significant digits for values too small for that (parity errors)."""
     return f"{value:.2f}" if abs(value) >= 0.01 or value == 0 else f"{value:.2e}"

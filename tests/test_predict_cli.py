@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipelines.bench import cpu_features, machine_label
 from tests.helpers import bentoml_server, free_port
 from tests.test_cli import assert_clean_failure, run_cli
 
@@ -120,3 +121,20 @@ def test_bench_in_process_and_against_the_url_write_a_table_a_log_and_a_chart(ur
     assert all(log.with_suffix(".png").is_file() for log in logs)
     assert "command: pipelines bench --url" in logs[1].read_text()
     assert "| 0 |" in logs[1].read_text()  # no errors
+    model, features = cpu_features()
+    for log in logs:  # which CPU measured it: in the log and in its name
+        machine = next(line for line in log.read_text().splitlines() if line.startswith("machine: "))
+        assert machine.startswith(f"machine: {model}, ") and all(feature in machine for feature in features)
+        assert log.name.split("_")[2] == machine_label()
+
+
+@pytest.mark.parametrize("flags, label", [
+    ("fpu sse4_2 avx2 avx512f avx512_vnni amx_bf16 amx_tile amx_int8", "amxint8"),
+    ("fpu sse4_2 fma avx2 sha_ni", "avx2"),
+    ("fpu sse4_2 avx2 avx512f avx512_vnni", "avx512vnni"),
+])
+def test_bench_logs_name_the_cpu_by_its_best_instruction_set(flags, label, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n")
+    assert cpu_features(cpuinfo)[0] == "Some CPU"
+    assert machine_label(cpuinfo).endswith(f"-{label}")

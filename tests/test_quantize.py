@@ -52,6 +52,42 @@ def test_quantize_writes_int8_and_records_the_gate_beside_fp32(quantized_unet):
     assert "## int8" in (folder / "report.md").read_text()
 
 
+def producers_of_inputs(model_path: Path, op_type: str) -> list[str]:
+    """The operator feeding each `op_type` node once ONNX Runtime has optimized the graph (QDQ fusions)."""
+    import onnx
+    import onnxruntime as ort
+
+    optimized = model_path.with_name("optimized.onnx")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(optimized)
+    ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    graph = onnx.load(str(optimized)).graph
+    optimized.unlink()
+    producer = {output: node.op_type for node in graph.node for output in node.output}
+    return [producer.get(node.input[0], "graph input") for node in graph.node if node.op_type == op_type]
+
+
+def test_the_unet_upsamples_on_uint8_not_on_dequantized_floats(quantized_unet, tmp_path):
+    folder, completed = quantized_unet
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    model = Path(shutil.copy(folder / INT8_MODEL_FILE, tmp_path / INT8_MODEL_FILE))
+    producers = producers_of_inputs(model, "DepthToSpace")
+    assert producers, "a fastai U-Net upsamples with PixelShuffle (DepthToSpace)"
+    assert "DequantizeLinear" not in producers, producers
+
+
+def test_the_operator_profile_shows_int8_convolutions_where_fp32_had_float_ones(quantized_unet):
+    from benchmarks.profile_operators import operator_ms
+
+    folder, _ = quantized_unet
+    image = {"image": np.random.default_rng(0).standard_normal((1, 3, 64, 96), dtype=np.float32)}
+    fp32 = operator_ms(folder / MODEL_FILE, image, threads=1, runs=2)
+    int8 = operator_ms(folder / INT8_MODEL_FILE, image, threads=1, runs=2)
+    assert int8["QLinearConv"] > 0 and "QLinearConv" not in fp32
+    assert fp32["Conv"] + fp32["FusedConv"] > 0 and int8["Conv"] == 0
+
+
 def test_int8_is_registered_only_after_passing_and_served_where_asked(quantized_unet, tmp_path):
     folder, _ = quantized_unet
     assert run_cli("register", str(folder), "--name", "unet-int8").returncode == 0
