@@ -112,8 +112,8 @@ def preprocess_for_quantization(source: Path, target: Path, progress: Callable[[
 
 # Operators that only move values, which ONNX Runtime's CPU kernels run on uint8 but its QDQ quantizer
 # leaves in float: left alone, each costs a dequantize, a float copy of the tensor and a requantize. Every
-# fastai U-Net upsamples with PixelShuffle (DepthToSpace): measured on the 100x150 U-Net, its five
-# DepthToSpace took 5.9 ms in float and 3.2 ms on uint8 (EPYC, AVX2), 11.1 ms in float on a Xeon with AMX.
+# fastai U-Net upsamples with PixelShuffle (DepthToSpace): measured on a 100x150 U-Net, its five
+# DepthToSpace took 11.2 ms in float and 4.5 ms on uint8 per call (2-core EPYC; README, results log).
 EIGHT_BIT_DATA_MOVEMENT = ("DepthToSpace",)
 
 
@@ -141,7 +141,7 @@ def quantize_model(source: Path, target: Path, method: QuantizationMethod,
     static: QDQ format, uint8 activations, int8 per-channel weights, MinMax ranges from `calibration`
     (the convolutional models; ONNX Runtime has no u8s8 ConvInteger on the CPU, so dynamic quantization
     of convolutions is never used). Symmetric int8 weights keep ONNX Runtime on its direct int8
-    convolution kernel (measured: asymmetric or uint8 weights take its im2col + GEMM path, 1.2-1.6x slower
+    convolution kernel (measured: asymmetric or uint8 weights take its im2col + GEMM path, 1.2-2.0x slower
     on the U-Net and the Siamese model). dynamic: int8 weights of MatMul, Gemm and LSTM, activations
     quantized at run time (the LSTM and the MLP, which have no activations worth calibrating).
     """

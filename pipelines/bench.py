@@ -44,8 +44,9 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-# The instruction sets that decide int8 and fp32 speed on x86, best first: the same model's int8 speed-up
-# differs by CPU (measured: 1.40x on a 2-core Xeon with AMX, 1.7x on a 2-core EPYC with AVX2 only).
+# The instruction sets that decide int8 and fp32 speed on x86, best first: the same int8 file's speed-up
+# differs by CPU (measured: the U-Net at 100x150, 1.40x fp32 on 2 Intel cores with AMX, 1.53x on 2 EPYC
+# cores with AVX2 only).
 SPEED_FEATURES = ("amx_int8", "amx_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
 
 
