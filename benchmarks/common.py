@@ -27,12 +27,10 @@ def row(name: str, batch: int, samples: list[float], unit: str = "items/s") -> d
 
 
 def print_table(title: str, rows: list[dict]) -> None:
-    print(f"\n{title}\n")
-    headers = list(rows[0])
-    print("| " + " | ".join(headers) + " |")
-    print("|" + "---|" * len(headers))
-    for entry in rows:
-        print("| " + " | ".join(number(v) if isinstance(v, float) else str(v) for v in entry.values()) + " |")
+    from export.report import markdown_table
+    from pipelines.bench import cell
+
+    print(f"\n{title}\n\n{markdown_table(rows, cell)}")
 
 
 def log_table(name: str, title: str, rows: list[dict]) -> None:
@@ -50,11 +48,6 @@ def serving_env(threads: int) -> dict[str, str]:
     """The served side of the latency tables: the CPU, the same threads, and the fp32 model the in-process
     rows measure (`pipelines bench` compares fp32 with int8)."""
     return {"PIPELINES_PROVIDER": "cpu", "PIPELINES_THREADS": str(threads), "PIPELINES_PRECISION": "fp32"}
-
-
-def number(value: float) -> str:
-    """Two decimals, or three significant digits for values too small for that (parity errors)."""
-    return f"{value:.2f}" if abs(value) >= 0.01 or value == 0 else f"{value:.2e}"
 
 
 def model_arguments(description: str, task: str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import matplotlib
 
@@ -48,20 +49,20 @@ def plot_losses(summary: TrainingSummary, path: Path) -> Path:
     return path
 
 
-def _table(rows: list[dict]) -> str:
-    if not rows:
-        return ""
-    headers = list(rows[0])
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row[h]) for h in headers) + " |")
-    return "\n".join(lines)
-
-
 def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
     return str(value)
+
+
+def markdown_table(rows: list[dict], format_cell: Callable[[object], str] = _cell) -> str:
+    """A Markdown table with the first row's keys as headers (a cell a row lacks stays empty)."""
+    if not rows:
+        return ""
+    headers = list(rows[0])
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(format_cell(row.get(h, "")) for h in headers) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def write_report(folder: Path, task: str, version: str, summary: TrainingSummary | None, parity: ParityReport,
@@ -96,7 +97,7 @@ def write_report(folder: Path, task: str, version: str, summary: TrainingSummary
         if not (folder / LOSS_PLOT).is_file():
             plot_losses(summary, folder / LOSS_PLOT)
         training = (f"Schedule: {summary.schedule}; {summary.schedule_reason}. Took {summary.seconds:.0f} s.\n\n"
-                    f"{_table(summary.epochs)}\n\n![loss curve]({LOSS_PLOT})\n")
+                    f"{markdown_table(summary.epochs)}\n\n![loss curve]({LOSS_PLOT})\n")
     text = f"""# {task} model {version}
 
 Data: {data_source}
@@ -108,7 +109,7 @@ Data: {data_source}
 
 Verdict: **{'passed' if parity.passed else 'FAILED'}**. Tolerances: {parity.tolerance}.
 
-{_table(parity_rows)}
+{markdown_table(parity_rows)}
 {preprocessing}"""
     path = folder / REPORT_FILE
     path.write_text(text)
@@ -140,9 +141,9 @@ Method: {quantized.method}; calibration: {quantized.calibration['source']}. Gate
 {gate['max_metric_loss']} points, argmax agreement with fp32 at least {gate['min_agreement']}, speed-up at least
 {gate['min_speedup']}x. Verdict: **{verdict}**.
 
-{_table(judged_rows)}
+{markdown_table(judged_rows)}
 
-{_table(speed_rows)}
+{markdown_table(speed_rows)}
 """
     path.write_text(text)
     return path

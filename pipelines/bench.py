@@ -32,16 +32,10 @@ RESULTS = Path("benchmarks/results")
 
 # ----- shared: tables, logs, charts ---------------------------------------------------------------
 def cell(value) -> str:
+    """Two decimals, or three significant digits for values too small for that (parity errors)."""
     if isinstance(value, float):
         return f"{value:.2f}" if abs(value) >= 0.01 or value == 0 else f"{value:.2e}"
     return str(value)
-
-
-def markdown_table(rows: list[dict]) -> str:
-    headers = list(rows[0])
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(row.get(h, "")) for h in headers) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 # The instruction sets that decide int8 and fp32 speed on x86, best first: the same int8 file's speed-up
@@ -84,7 +78,9 @@ def write_results(name: str, title: str, rows: list[dict], chart: Callable[[Path
     results = Path(results)
     results.mkdir(parents=True, exist_ok=True)
     stem = results / f"{name}_{machine_label()}_{dt.datetime.now().strftime('%Y-%m-%d_%H%M%S')}"
-    table = markdown_table(rows)
+    from export.report import markdown_table
+
+    table = markdown_table(rows, cell)
     command = command or f"pipelines {' '.join(shlex.quote(a) for a in sys.argv[1:])}"
     lines = [f"command: {command}", machine_line(),
              f"date: {dt.datetime.now().isoformat(timespec='seconds')}", *notes, "", title, "", table, ""]
@@ -171,11 +167,10 @@ def torch_runtime(name: str, module, names: list[str]) -> Runtime:
 
 
 def onnx_runtime(name: str, path: Path, threads: int) -> Runtime:
+    from export.quantize import session_run
     from services.runtime import create_session
 
-    session = create_session(path, provider="cpu", threads=threads)
-    output = session.get_outputs()[0].name
-    return Runtime(name, lambda inputs: session.run([output], inputs))
+    return Runtime(name, session_run(create_session(path, provider="cpu", threads=threads)))
 
 
 def openvino_runtime(path: Path, threads: int) -> Runtime | None:
