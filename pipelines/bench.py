@@ -146,7 +146,7 @@ def resolve_artifact(target: str) -> Path:
 
     try:
         stored = bentoml.models.get(target)
-    except bentoml.exceptions.NotFound:
+    except (bentoml.exceptions.NotFound, ValueError):  # ValueError: not even a valid tag (a missing path, say)
         raise PipelineError(f"{target}: neither an artifact folder nor a model in the BentoML store") from None
     folder = Path(Manifest.read(Path(stored.path)).provenance["artifact_dir"])
     if not folder.is_dir():

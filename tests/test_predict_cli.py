@@ -128,6 +128,12 @@ def test_bench_in_process_and_against_the_url_write_a_table_a_log_and_a_chart(ur
         assert log.name.split("_")[2] == machine_label()
 
 
+def test_bench_of_a_missing_folder_or_an_unknown_model_fails_in_one_line(tmp_path):
+    for target in (str(tmp_path / "no" / "such" / "folder"), "no-such-model:latest"):
+        completed = run_cli("bench", target, env={"BENTOML_HOME": str(tmp_path / "bentoml")})
+        assert_clean_failure(completed, f"{target}: neither an artifact folder nor a model in the BentoML store")
+
+
 @pytest.mark.parametrize("flags, label", [
     ("fpu sse4_2 avx2 avx512f avx512_vnni amx_bf16 amx_tile amx_int8", "amxint8"),
     ("fpu sse4_2 fma avx2 sha_ni", "avx2"),
