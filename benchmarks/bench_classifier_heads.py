@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import print_table
+from benchmarks.common import print_table, scratch_folder
 from pipelines.bench import machine_line
 
 CONFIGURATIONS = [
@@ -37,11 +36,16 @@ def main() -> None:
     print(f"command: python -m benchmarks.bench_classifier_heads {' '.join(sys.argv[1:])}".rstrip())
     print(f"date: {time.strftime('%Y-%m-%d %H:%M')}, {machine_line()}")
 
+    with scratch_folder("classifier-heads-") as work:
+        measure(args, work)
+
+
+def measure(args: argparse.Namespace, work: Path) -> None:
     from pipelines.registry import get_task
     from pipelines.run import train
 
     task = get_task("classifier")
-    work = Path(tempfile.mkdtemp(prefix="classifier-heads-"))
+
     rows = []
     for n, configuration in enumerate(CONFIGURATIONS):
         options = task.Options.from_mapping({"data": args.data, "epochs": args.epochs, "arch": args.arch,

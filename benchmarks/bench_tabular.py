@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
+
+from benchmarks.common import scratch_folder
 
 
 def main() -> None:
@@ -21,8 +22,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
+    with scratch_folder("bench-tabular-") as scratch:
+        measure(args, scratch)
 
-    scratch = Path(tempfile.mkdtemp(prefix="bench-tabular-"))
+
+def measure(args: argparse.Namespace, scratch: Path) -> None:
     os.environ["BENTOML_HOME"] = str(scratch / "bentoml")
     import pandas as pd
     import requests

@@ -14,11 +14,10 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import print_table
+from benchmarks.common import print_table, scratch_folder
 from pipelines.bench import machine_line
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,7 +60,11 @@ def main() -> None:
     args = parser.parse_args()
     print(f"command: python -m benchmarks.bench_user_learners {' '.join(sys.argv[1:])}".rstrip())
     print(f"date: {time.strftime('%Y-%m-%d %H:%M')}, {machine_line()}")
-    work = Path(tempfile.mkdtemp(prefix="user-learners-"))
+    with scratch_folder("user-learners-") as work:
+        measure(args, work)
+
+
+def measure(args: argparse.Namespace, work: Path) -> None:
     os.environ["BENTOML_HOME"] = str(work / "bentoml")
     os.environ.setdefault("PIPELINES_CACHE", str(work / "cache"))
     rows = []

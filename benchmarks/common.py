@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -18,6 +21,13 @@ def timed(function, repeats: int, warmup: int = 3) -> list[float]:
         function()
         samples.append((time.perf_counter() - started) * 1000)
     return samples
+
+
+@contextlib.contextmanager
+def scratch_folder(prefix: str):
+    """A temporary folder for one benchmark's runs and model store, removed when it ends, even on failure."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as name:
+        yield Path(name)
 
 
 def row(name: str, batch: int, samples: list[float], unit: str = "items/s") -> dict:
@@ -36,7 +46,6 @@ def print_table(title: str, rows: list[dict]) -> None:
 def log_table(name: str, title: str, rows: list[dict]) -> None:
     """Print the table and write it, with the command and the machine, to benchmarks/results/NAME_*.log."""
     import sys
-    from pathlib import Path
 
     from pipelines.bench import write_results
 
@@ -54,7 +63,6 @@ def model_arguments(description: str, task: str):
     """The options every model benchmark takes, and the artifact folder to measure: --artifact, else the
     registered `<task>:latest` (whose manifest points at the run's folder for the fastai weights)."""
     import argparse
-    from pathlib import Path
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--artifact", type=Path, help=f"artifact folder of a train-and-export run [default: {task}:latest]")

@@ -202,9 +202,11 @@ def load_model_under_test(target: str, threads: int, openvino: bool) -> ModelUnd
     model = ModelUnderTest(task, folder, learn, source.data)
     model.runtimes.append(torch_runtime("fastai/PyTorch eager", task.reference_module(learn), names))
     for label, module in task.bench_variants(learn).items():
-        scratch = Path(tempfile.mkdtemp(prefix="bench-")) / MODEL_FILE
-        export_onnx(module, task.example_inputs(learn), task.onnx_config, scratch)
-        model.runtimes.append(onnx_runtime(f"ONNX Runtime fp32, {label}", scratch, threads))
+        # the session keeps the graph in memory, so the exported file goes once the session exists
+        with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
+            exported = Path(scratch) / MODEL_FILE
+            export_onnx(module, task.example_inputs(learn), task.onnx_config, exported)
+            model.runtimes.append(onnx_runtime(f"ONNX Runtime fp32, {label}", exported, threads))
         model.variants.append(label)
     model.runtimes.append(onnx_runtime("ONNX Runtime fp32", folder / MODEL_FILE, threads))
     if (folder / INT8_MODEL_FILE).is_file():

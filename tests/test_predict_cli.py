@@ -128,6 +128,17 @@ def test_bench_in_process_and_against_the_url_write_a_table_a_log_and_a_chart(ur
         assert log.name.split("_")[2] == machine_label()
 
 
+def test_bench_measures_the_siamese_two_pass_baseline_and_leaves_no_scratch_files(siamese_run, tmp_path):
+    _, result = siamese_run
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    completed = run_cli("bench", str(result.output_dir), "--rounds", "2", "--repeats", "1", "--no-openvino",
+                        "--results", str(tmp_path), env={"TMPDIR": str(scratch)})
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "ONNX Runtime fp32, two-pass" in completed.stdout and "vs ORT fp32 two-pass" in completed.stdout
+    assert not list(scratch.glob("bench-*")) and not list(scratch.rglob("*.onnx"))
+
+
 def test_bench_of_a_missing_folder_or_an_unknown_model_fails_in_one_line(tmp_path):
     for target in (str(tmp_path / "no" / "such" / "folder"), "no-such-model:latest"):
         completed = run_cli("bench", target, env={"BENTOML_HOME": str(tmp_path / "bentoml")})
