@@ -58,7 +58,7 @@ def main() -> None:
 
     from export.quantize import interleaved_ms
     from pipelines.bench import write_results
-    from services.client import example_requests
+    from services.client import example_image, example_requests
     from tests.helpers import bentoml_server
 
     env = {"PIPELINES_PROVIDER": "cpu", **dict(item.split("=", 1) for item in args.env)}
@@ -73,12 +73,22 @@ def main() -> None:
             bentoml_server("services.pipelines:Pipelines", env=env, timeout=180) as url, \
             httpx.Client(base_url=echo_url) as echo_http, httpx.Client(base_url=url, timeout=60) as http:
         local = in_process_calls(Path(scratch))
-        calls = example_requests(http.post("/models").json())
-        for route, call in calls.items():
+        served = {route: (lambda call=call: call(http), local[route])
+                  for route, call in example_requests(http.post("/models").json()).items()}
+        files = {"image_a": ("a.png", example_image(seed=1)), "image_b": ("b.png", example_image(seed=2))}
+        nothing = lambda: None  # noqa: E731  (the floors have no work to subtract)
+        served |= {
+            "floor: two files, BentoML endpoint": (lambda: echo_http.post("/echo_files", files=files), nothing),
+            "floor: two files, mounted Starlette route": (
+                lambda: echo_http.post("/mounted/echo_files", files=files), nothing),
+            "/siamese/predict on a mounted Starlette route": (
+                lambda: echo_http.post("/mounted/siamese/predict", files=files), local["/siamese/predict"]),
+        }
+        for route, (over_http_call, in_process_call) in served.items():
             samples = interleaved_ms({
                 "echo": checked(lambda: echo_http.post("/echo", json={"x": 1})),
-                "http": checked(lambda: call(http)),
-                "in-process": checked(local[route]),
+                "http": checked(over_http_call),
+                "in-process": checked(in_process_call),
             }, None, rounds=rounds, repeats=repeats)
             echo, over_http, alone = (statistics.median(samples[name]) for name in ("echo", "http", "in-process"))
             rows.append({"endpoint": route, "HTTP p50 ms": over_http, "in-process p50 ms": alone,

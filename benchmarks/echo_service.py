@@ -1,10 +1,56 @@
-"""BentoML's floor: a do-nothing endpoint, served the same way as our Bento (for bench_overhead)."""
+"""BentoML's floors, served the same way as our Bento (for bench_overhead): a do-nothing JSON endpoint, the
+same for two uploaded files, and, on a Starlette app mounted in the service (where BentoML's middlewares,
+`/metrics` and `/readyz` still apply), the file echo and the Siamese endpoint without BentoML's request
+parsing: how far a mounted ASGI route would take the file endpoints."""
+
+from pathlib import Path
 
 import bentoml
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse
+
+from services.images import decode_image
+
+mounted = Starlette()
+
+
+async def form_files(request, *fields: str) -> list[bytes]:
+    form = await request.form()
+    return [await form[field].read() for field in fields]
+
+
+async def mounted_echo_files(request) -> JSONResponse:
+    return JSONResponse(sum(len(data) for data in await form_files(request, "image_a", "image_b")))
+
+
+async def mounted_siamese_predict(request) -> JSONResponse:
+    handler = request.app.state.siamese
+    data_a, data_b = await form_files(request, "image_a", "image_b")
+
+    def answer():  # decoded and run in a worker thread, as BentoML runs a sync endpoint
+        mode = handler.spec.color_mode
+        return handler.compare(decode_image(data_a, "image_a", mode), decode_image(data_b, "image_b", mode))
+
+    return JSONResponse((await run_in_threadpool(answer)).model_dump())
+
+
+mounted.add_route("/echo_files", mounted_echo_files, methods=["POST"])
+mounted.add_route("/siamese/predict", mounted_siamese_predict, methods=["POST"])
 
 
 @bentoml.service(name="echo")
+@bentoml.asgi_app(mounted, path="/mounted")
 class Echo:
+    def __init__(self) -> None:
+        from services.siamese import SiameseHandler
+
+        mounted.state.siamese = SiameseHandler.from_store(bentoml.models.get("siamese:latest"))
+
     @bentoml.api
     def echo(self, x: int) -> int:
         return x
+
+    @bentoml.api
+    def echo_files(self, image_a: Path, image_b: Path) -> int:
+        return image_a.stat().st_size + image_b.stat().st_size

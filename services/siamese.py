@@ -6,6 +6,7 @@ from pathlib import Path
 
 import bentoml
 import numpy as np
+from PIL import Image
 
 from services.images import image_to_tensor
 from services.loading import ServedTask, TaskHandler, service_model, softmax
@@ -27,10 +28,12 @@ class SiameseHandler(TaskHandler):
         return softmax(self.model.run({name: np.ascontiguousarray(pairs[:, i]) for i, name in enumerate(names)}))
 
     def predict(self, image_a: Path, image_b: Path) -> SiamesePrediction:
-        pair = np.stack([
-            image_to_tensor(read_upload(image_a, "image_a", self.spec.color_mode), self.spec),
-            image_to_tensor(read_upload(image_b, "image_b", self.spec.color_mode), self.spec),
-        ])
+        mode = self.spec.color_mode
+        return self.compare(read_upload(image_a, "image_a", mode), read_upload(image_b, "image_b", mode))
+
+    def compare(self, image_a: Image.Image, image_b: Image.Image) -> SiamesePrediction:
+        """Two decoded images to the answer, however the request carried them."""
+        pair = np.stack([image_to_tensor(image_a, self.spec), image_to_tensor(image_b, self.spec)])
         probabilities = self.infer_one(pair)
         labels = self.manifest.labels
         same_index = labels.index("same")
