@@ -41,7 +41,7 @@ def main() -> None:
         turns = itertools.cycle(calls)
         mixed = lambda http: next(turns)(http)  # noqa: E731  (each request the next endpoint in turn)
         for number in range(1, args.rounds + 1):
-            result = sweep(mixed, url, args.clients, requests=10**9, budget_s=args.seconds)
+            result = sweep(mixed, url, args.clients, requests=10**9, budget_s=args.seconds).summary()
             rss = process_tree_rss_mb(url.pid)
             rows.append({"round": str(number), "requests": result["requests"], "req/s": result["req/s"],
                          "p50 ms": result["p50 ms"], "p99 ms": result["p99 ms"], "errors": result["errors"],

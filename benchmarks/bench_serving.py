@@ -138,7 +138,7 @@ def main() -> None:
             idle_mb = process_tree_rss_mb(url.pid)
             for name, call in calls.items():
                 single = alone(call, url, args.repeats)
-                loaded = sweep(lambda http: call(http, ""), url, args.clients, args.requests, budget_s=600)
+                loaded = sweep(lambda http: call(http, ""), url, args.clients, args.requests, budget_s=600).summary()
                 endpoints.append({
                     "variant": variant, "endpoint": name, "alone p50 ms": statistics.median(single),
                     f"{args.clients} clients req/s": loaded["req/s"], "p50 ms": loaded["p50 ms"],

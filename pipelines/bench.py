@@ -267,11 +267,33 @@ def served_models(url: str) -> dict[str, dict]:
     return response.json()
 
 
-def sweep(call: Callable, url: str, clients: int, requests: int, budget_s: float) -> dict:
+@dataclass
+class Sweep:
+    """What one server answered at one concurrency: each request's latency, the errors, the wall time."""
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    elapsed: float = 0.0
+
+    def add(self, other: "Sweep") -> None:
+        self.latencies += other.latencies
+        self.errors += other.errors
+        self.elapsed += other.elapsed
+
+    def summary(self) -> dict:
+        done, latencies = len(self.latencies), self.latencies
+        return {"requests": done, "req/s": done / self.elapsed if self.elapsed else 0.0,
+                "p50 ms": statistics.median(latencies) if latencies else float("nan"),
+                "p95 ms": float(np.percentile(latencies, 95)) if latencies else float("nan"),
+                "p99 ms": float(np.percentile(latencies, 99)) if latencies else float("nan"),
+                "errors": self.errors}
+
+
+def sweep(call: Callable, url: str, clients: int, requests: int, budget_s: float) -> Sweep:
+    """`requests` calls (at most `budget_s` seconds) from `clients` concurrent clients, each on its own
+    keep-alive connection."""
     import httpx
 
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
+    result = Sweep()
     lock = threading.Lock()
     remaining = iter(range(requests))
     deadline = time.perf_counter() + budget_s
@@ -288,44 +310,56 @@ def sweep(call: Callable, url: str, clients: int, requests: int, budget_s: float
                 except httpx.HTTPError:
                     status = 0
                 with lock:
-                    latencies.append((time.perf_counter() - started) * 1000)
-                    statuses[status] = statuses.get(status, 0) + 1
+                    result.latencies.append((time.perf_counter() - started) * 1000)
+                    result.errors += status != 200
 
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         for future in [pool.submit(client) for _ in range(clients)]:
             future.result()
-    elapsed = time.perf_counter() - started
-    done = len(latencies)
-    return {"requests": done, "req/s": done / elapsed if elapsed else 0.0,
-            "p50 ms": statistics.median(latencies) if latencies else float("nan"),
-            "p95 ms": float(np.percentile(latencies, 95)) if latencies else float("nan"),
-            "p99 ms": float(np.percentile(latencies, 99)) if latencies else float("nan"),
-            "errors": sum(count for status, count in statuses.items() if status != 200)}
+    result.elapsed = time.perf_counter() - started
+    return result
 
 
-def bench_url(url: str, concurrency: tuple[int, ...], requests: int, budget_s: float, endpoints: tuple[str, ...],
-              results: Path = RESULTS) -> Path:
+def bench_url(urls: tuple[str, ...], concurrency: tuple[int, ...], requests: int, budget_s: float,
+              endpoints: tuple[str, ...], rounds: int = 1, results: Path = RESULTS) -> Path:
+    """Each endpoint at each concurrency, on one server or several (their settings compared: the servers
+    take turns in `rounds` rounds, so that all of them see the same machine)."""
     from services.client import example_requests
 
-    url = url.rstrip("/")
-    models = served_models(url)
-    calls = example_requests(models)
+    urls = tuple(url.rstrip("/") for url in urls)
+    repeated = sorted({url for url in urls if urls.count(url) > 1})
+    if repeated:
+        raise PipelineError(f"--url {', '.join(repeated)} given more than once: compare different servers")
+    models = {url: served_models(url) for url in urls}
+    calls = {url: example_requests(models[url]) for url in urls}
+    common = [name for name in calls[urls[0]] if all(name in calls[url] for url in urls)]
     if endpoints:
-        unknown = sorted(set(endpoints) - set(calls))
+        unknown = sorted(set(endpoints) - set(common))
         if unknown:
-            raise PipelineError(f"not served at {url}: {', '.join(unknown)} (served: {', '.join(calls)})")
-        calls = {name: calls[name] for name in endpoints}
+            raise PipelineError(f"not served at {', '.join(urls)}: {', '.join(unknown)} (served: {', '.join(common)})")
+        common = list(endpoints)
+    rounds = rounds if len(urls) > 1 else 1
     rows = []
-    for name, call in calls.items():
+    for name in common:
         for clients in concurrency:
-            click.echo(f"      {name}: {clients} concurrent clients")
-            rows.append({"endpoint": name, "clients": clients, **sweep(call, url, clients, requests, budget_s)})
-    title = f"{url}: {requests} requests (at most {budget_s:g} s) per endpoint and concurrency"
+            click.echo(f"      {name}: {clients} concurrent clients" + (f", {rounds} rounds" if rounds > 1 else ""))
+            totals = {url: Sweep() for url in urls}
+            for _ in range(rounds):
+                for url in urls:
+                    totals[url].add(sweep(calls[url][name], url, clients, max(1, requests // rounds), budget_s / rounds))
+            rows += [{**({"server": url} if len(urls) > 1 else {}), "endpoint": name, "clients": clients,
+                      **total.summary()} for url, total in totals.items()]
+    title = (f"{', '.join(urls)}: {requests} requests (at most {budget_s:g} s) per endpoint and concurrency"
+             + (f" and server, the servers in {rounds} alternating rounds" if len(urls) > 1 else ""))
+    chart_rows = [{**row, "endpoint": " ".join(str(row[key]) for key in ("endpoint", "server") if key in row)}
+                  for row in rows]
     return write_results(
         "bench_url", title, rows,
-        lambda path: bar_chart(path, rows, "endpoint", "clients", "req/s", title[:110]),
-        [f"url: {url}", *(f"served: {task}: {info['model']}, {info['provider']}, {info.get('precision', 'fp32')}, "
-                            f"batching concurrent requests: {info.get('batching_concurrent_requests', False)}"
-                            for task, info in models.items())], results=results,
+        lambda path: bar_chart(path, chart_rows, "endpoint", "clients", "req/s", title[:110]),
+        [f"url: {url}" for url in urls] + [
+            f"served{f' at {url}' if len(urls) > 1 else ''}: {task}: {info['model']}, {info['provider']}, "
+            f"{info.get('precision', 'fp32')}, batching concurrent requests: "
+            f"{info.get('batching_concurrent_requests', False)}, request threads: {info.get('request_threads', 1)}"
+            for url in urls for task, info in models[url].items()], results=results,
     )

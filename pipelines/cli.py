@@ -237,36 +237,40 @@ def register_command(artifact, name):
 
 @main.command("bench")
 @click.argument("target", required=False)
-@click.option("--url", default=None, help="Benchmark a running Bento at this URL instead of a model in process.")
+@click.option("--url", "urls", multiple=True,
+              help="Benchmark a running Bento at this URL instead of a model in process; repeat it to compare "
+                   "servers (their settings) in alternating rounds.")
 @click.option("--threads", type=click.IntRange(1), default=2, show_default=True,
               help="Threads for PyTorch and each ONNX Runtime session (same for every runtime).")
-@click.option("--rounds", type=click.IntRange(2), default=7, show_default=True, help="Interleaved rounds per input.")
+@click.option("--rounds", type=click.IntRange(2), default=7, show_default=True,
+              help="Interleaved rounds per input; with several --url, per endpoint and concurrency level.")
 @click.option("--repeats", type=click.IntRange(1), default=5, show_default=True, help="Calls per runtime and round.")
 @click.option("--openvino/--no-openvino", default=True, show_default=True,
               help="Add OpenVINO's CPU runtime on the same model.onnx as a reference row, when it is installed.")
 @click.option("--concurrency", default="1,8,32", show_default=True, help="With --url: concurrent clients to sweep.")
 @click.option("--requests", type=click.IntRange(1), default=200, show_default=True,
-              help="With --url: requests per endpoint and concurrency level.")
+              help="With --url: requests per endpoint, concurrency level and server.")
 @click.option("--seconds", type=click.FloatRange(min=1), default=30.0, show_default=True,
-              help="Time budget per input (in process) or per endpoint and concurrency level (--url).")
+              help="Time budget per input (in process) or per endpoint, concurrency level and server (--url).")
 @click.option("--endpoint", "endpoints", multiple=True, help="With --url: only this endpoint (repeatable), e.g. /siamese/predict.")
 @click.option("--results", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True,
               help="Folder for the log and the chart.")
-def bench_command(target, url, threads, rounds, repeats, openvino, concurrency, requests, seconds, endpoints, results):
+def bench_command(target, urls, threads, rounds, repeats, openvino, concurrency, requests, seconds, endpoints, results):
     """Measure TARGET (an artifact folder or a model tag such as siamese:latest) in one process: fastai/PyTorch
     eager, ONNX Runtime fp32 and int8 (and OpenVINO as a reference), at batch 1 and 16; or, with --url, a
-    running Bento at 1, 8 and 32 concurrent clients. Prints a table, writes a log and a PNG chart under
-    benchmarks/results/."""
+    running Bento at 1, 8 and 32 concurrent clients (several --url: servers with different settings, in
+    alternating rounds). Prints a table, writes a log and a PNG chart under benchmarks/results/."""
     from pipelines.bench import bench_model, bench_url
 
-    if (target is None) == (url is None):
+    if (target is None) == (not urls):
         raise click.UsageError("give TARGET (artifact folder or model tag) or --url URL")
-    if url is not None:
+    if urls:
         try:
             levels = tuple(int(part) for part in concurrency.split(","))
         except ValueError:
             raise click.UsageError(f"--concurrency {concurrency!r}: comma-separated client counts, e.g. 1,8,32") from None
-        report_errors(lambda: bench_url(url, levels, requests, seconds, endpoints, results), debug_enabled())
+        report_errors(lambda: bench_url(urls, levels, requests, seconds, endpoints, rounds, results),
+                      debug_enabled())
     else:
         report_errors(lambda: bench_model(target, threads, rounds, repeats, seconds, openvino, results),
                       debug_enabled())

@@ -9,7 +9,6 @@ takes the task's measured choice, `off` never batches.
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 from concurrent.futures import Future
@@ -17,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from services.runtime import configured_choice
+from services.runtime import configured_choice, configured_count
 
 BATCHING_CHOICES = ("auto", "off")
 
@@ -27,7 +26,7 @@ def configured_batching() -> str:
 
 
 def max_batch() -> int:
-    return int(os.environ.get("PIPELINES_MAX_BATCH", "16"))
+    return configured_count("PIPELINES_MAX_BATCH", 16, minimum=1)
 
 
 class GreedyBatcher:

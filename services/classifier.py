@@ -13,6 +13,7 @@ from pydantic import Field
 
 from services.images import image_to_tensor
 from services.loading import ServedTask, TaskHandler, service_model, softmax
+from services.runtime import configured_request_threads
 from services.schemas import ClassifierResponse, ImageClassification, LabelProbability
 from services.uploads import read_upload
 
@@ -60,7 +61,7 @@ class ClassifierEndpoints:
         return self.handlers[TASK].classify(images, k, "images")
 
 
-@bentoml.service(name="classifier", traffic={"timeout": 60})
+@bentoml.service(name="classifier", traffic={"timeout": 60}, threads=configured_request_threads())
 class ClassifierService:
     model_ref = MODEL
 

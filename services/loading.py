@@ -14,8 +14,8 @@ import onnxruntime as ort
 from services.batching import GreedyBatcher, configured_batching, max_batch
 from services.manifest import INT8_MODEL_FILE, MODEL_FILE, PARITY_FILE, Manifest, file_sha256
 from services.runtime import (
-    CPU, ProviderUnavailableError, configured_precision, configured_provider, configured_threads, create_session,
-    providers_for,
+    CPU, ProviderUnavailableError, configured_precision, configured_provider, configured_request_threads,
+    configured_threads, create_session, providers_for,
 )
 
 logger = logging.getLogger("bentoml.service")
@@ -36,8 +36,10 @@ def check_provider_configuration() -> None:
     missing CUDA or cuDNN libraries (ONNX Runtime's silent fallback to the CPU) stop the start too.
     """
     configured_threads()
+    configured_request_threads()
     configured_precision()
     configured_batching()
+    max_batch()
     provider = configured_provider()
     providers_for(provider)
     if provider == "cuda":
@@ -234,7 +236,8 @@ class TaskHandler:
 
     def describe(self) -> dict:
         """The model version, provider, inputs, outputs, labels and training metrics (`/model_info`, `/models`)."""
-        return {**self.model.info(), "batching_concurrent_requests": self.batching}
+        return {**self.model.info(), "batching_concurrent_requests": self.batching,
+                "request_threads": configured_request_threads()}
 
 
 @dataclass(frozen=True)

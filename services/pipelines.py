@@ -16,6 +16,7 @@ import bentoml
 
 from services.conventions import ServingConventions
 from services.registry import SERVED_TASKS
+from services.runtime import configured_request_threads
 
 
 class AllModels:
@@ -38,7 +39,8 @@ def all_models_service(class_name: str, name: str, **config):
     bases = (AllModels, *(served.endpoints for served in SERVED_TASKS.values()))
     service_class = type(class_name, bases, {**models, "__module__": __name__,
                                              "__doc__": f"Every registered model on one port ({name})."})
-    service = bentoml.service(name=name, traffic={"timeout": 120}, **config)(service_class)
+    service = bentoml.service(name=name, traffic={"timeout": 120}, threads=configured_request_threads(),
+                               **config)(service_class)
     service.add_asgi_middleware(ServingConventions)  # GET /models, one error shape
     return service
 

@@ -10,6 +10,7 @@ from PIL import Image
 
 from services.images import image_to_tensor
 from services.loading import ServedTask, TaskHandler, service_model, softmax
+from services.runtime import configured_request_threads
 from services.schemas import SiamesePrediction
 from services.uploads import read_upload
 
@@ -53,7 +54,7 @@ class SiameseEndpoints:
         return self.handlers[TASK].predict(image_a, image_b)
 
 
-@bentoml.service(name="siamese", traffic={"timeout": 60})
+@bentoml.service(name="siamese", traffic={"timeout": 60}, threads=configured_request_threads())
 class SiameseService:
     model_ref = MODEL
 

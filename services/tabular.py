@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, create_model
 
 from services.loading import ServedTask, TaskHandler, service_model, softmax
 from services.manifest import Manifest, TabularPreprocessing
+from services.runtime import configured_request_threads
 from services.schemas import TabularPrediction, TabularResponse
 from services.tabular_preprocessing import RecordError, encode_records
 
@@ -116,7 +117,7 @@ class TabularEndpoints:
         return self.handlers[TASK].predict(records)
 
 
-@bentoml.service(name="tabular", traffic={"timeout": 60})
+@bentoml.service(name="tabular", traffic={"timeout": 60}, threads=configured_request_threads())
 class TabularService:
     model_ref = MODEL
 

@@ -16,6 +16,7 @@ from bentoml.exceptions import InvalidArgument
 from pydantic import Field
 
 from services.loading import ServedTask, TaskHandler, service_model, softmax
+from services.runtime import configured_request_threads
 from services.schemas import TextPrediction, TextResponse
 from services.text_preprocessing import Numericalizer, batch_ids, tokenize
 
@@ -74,7 +75,7 @@ class TextEndpoints:
         return self.handlers[TASK].classify(texts)
 
 
-@bentoml.service(name="text", traffic={"timeout": 120})
+@bentoml.service(name="text", traffic={"timeout": 120}, threads=configured_request_threads())
 class TextService:
     model_ref = MODEL
 

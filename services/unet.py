@@ -13,6 +13,7 @@ from PIL import Image
 
 from services.images import image_to_tensor
 from services.loading import ServedTask, TaskHandler, service_model
+from services.runtime import configured_request_threads
 from services.schemas import ClassCoverage, SegmentationSummary
 from services.uploads import read_upload
 
@@ -88,7 +89,7 @@ class UnetEndpoints:
         return self.handlers[TASK].overlay(image)
 
 
-@bentoml.service(name="unet", traffic={"timeout": 120})
+@bentoml.service(name="unet", traffic={"timeout": 120}, threads=configured_request_threads())
 class UnetService:
     model_ref = MODEL
 

@@ -2,14 +2,18 @@
 container build context, the built Bento served for real and called through the typed client, and the
 GPU Bento refusing to start without CUDA."""
 
+import io
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import bentoml
 import numpy as np
 import pytest
+import requests
 import yaml
 from PIL import Image
 
@@ -61,6 +65,28 @@ def test_cpu_bento_pins_the_four_models_and_ships_onnxruntime_without_torch(cpu_
     assert "gpu" not in config.get("resources", {})
     with open(cpu_bento.path_of("env/docker/Dockerfile")) as handle:
         assert "PIPELINES_PROVIDER=cpu" in handle.read().replace('"', "")
+
+
+def test_a_slow_request_does_not_hold_up_the_other_endpoints(served_bento):
+    """BentoML answers sync endpoints one at a time unless the service allows more threads
+    (PIPELINES_REQUEST_THREADS): a tabular request sent while the U-Net segments a 2-megapixel image (at
+    the image's size: a second or more) is answered first. With one thread it waits for the U-Net."""
+    large = io.BytesIO()
+    Image.new("RGB", (1600, 1200), (90, 120, 30)).save(large, format="PNG")
+    finished = []
+
+    def segment() -> None:
+        response = requests.post(f"{served_bento}/unet/segment", files={"image": ("large.png", large.getvalue())},
+                                 timeout=120)
+        finished.append(("unet", response.status_code))
+
+    slow = threading.Thread(target=segment)
+    slow.start()
+    time.sleep(0.2)  # the small upload is in the U-Net handler by now
+    response = requests.post(f"{served_bento}/tabular/predict", json={"records": [PENGUIN]}, timeout=60)
+    finished.append(("tabular", response.status_code))
+    slow.join()
+    assert finished == [("tabular", 200), ("unet", 200)]
 
 
 def test_gpu_bento_installs_onnxruntime_gpu_requests_a_gpu_and_refuses_to_start_without_cuda(runs, latest_tags, tmp_path):

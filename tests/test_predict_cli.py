@@ -128,6 +128,22 @@ def test_bench_in_process_and_against_the_url_write_a_table_a_log_and_a_chart(ur
         assert log.name.split("_")[2] == machine_label()
 
 
+def test_bench_compares_servers_in_alternating_rounds(url, tmp_path):
+    with bentoml_server("services.pipelines:Pipelines", timeout=180,
+                        env={"PIPELINES_PROVIDER": "cpu", "PIPELINES_REQUEST_THREADS": "2"}) as other:
+        completed = run_cli("bench", "--url", url, "--url", other, "--endpoint", "/tabular/predict",
+                            "--concurrency", "2", "--requests", "4", "--rounds", "2", "--results", str(tmp_path))
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "| server | endpoint | clients |" in completed.stdout
+    for server in (url, other):
+        assert f"| {server} | /tabular/predict | 2 | 4 |" in completed.stdout  # 2 rounds of 2 requests each
+    log = next(tmp_path.glob("bench_url_*.log")).read_text()
+    assert f"served at {url}: tabular: " in log and f"served at {other}: tabular: " in log
+    assert "request threads: 16" in log and "request threads: 2" in log
+    completed = run_cli("bench", "--url", url, "--url", f"{url}/")
+    assert_clean_failure(completed, f"--url {url} given more than once")
+
+
 def test_bench_measures_the_siamese_two_pass_baseline_and_leaves_no_scratch_files(siamese_run, tmp_path):
     _, result = siamese_run
     scratch = tmp_path / "tmp"

@@ -104,13 +104,15 @@ def test_readyz_and_metrics(server):
 
 
 @pytest.mark.parametrize(
-    "provider, message",
+    "setting, message",
     [
-        ("cuda", "CUDA was requested but this onnxruntime has no CUDAExecutionProvider"),
-        ("gpu", "PIPELINES_PROVIDER='gpu' is not one of cpu, cuda, auto"),
+        ({"PIPELINES_PROVIDER": "cuda"}, "CUDA was requested but this onnxruntime has no CUDAExecutionProvider"),
+        ({"PIPELINES_PROVIDER": "gpu"}, "PIPELINES_PROVIDER='gpu' is not one of cpu, cuda, auto"),
+        ({"PIPELINES_REQUEST_THREADS": "0"}, "PIPELINES_REQUEST_THREADS=0 must be 1 or more"),
+        ({"PIPELINES_MAX_BATCH": "many"}, "PIPELINES_MAX_BATCH='many' is not an integer"),
     ],
 )
-def test_unusable_provider_refuses_to_start_with_a_clear_message(siamese_run, provider, message):
+def test_unusable_setting_refuses_to_start_with_a_clear_message(siamese_run, setting, message):
     import os
     import subprocess
 
@@ -118,11 +120,11 @@ def test_unusable_provider_refuses_to_start_with_a_clear_message(siamese_run, pr
 
     from tests.helpers import BENTOML, REPO, free_port
 
-    if provider == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+    if setting.get("PIPELINES_PROVIDER") == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this machine has a CUDA provider")
     completed = subprocess.run(
         [BENTOML, "serve", "services.siamese:SiameseService", "--host", "127.0.0.1", "--port", str(free_port())],
-        cwd=REPO, env={**os.environ, "PIPELINES_PROVIDER": provider}, capture_output=True, text=True, timeout=120,
+        cwd=REPO, env={**os.environ, **setting}, capture_output=True, text=True, timeout=120,
     )
     assert completed.returncode != 0
     assert message in completed.stdout + completed.stderr
