@@ -70,9 +70,9 @@ def configured_request_threads() -> int:
     BentoML runs sync endpoints in a thread pool limited to the service's `threads`, 1 by default: one
     request at a time in the whole worker, so a slow U-Net request held up every other endpoint and the
     Siamese batcher never saw two requests at once. 16 lets concurrent requests decode in parallel, fill
-    a batch of `PIPELINES_MAX_BATCH` (16), and run concurrently in ONNX Runtime (measured: allowing one run
-    per model at a time instead cut the U-Net's requests per second under 8 clients by a quarter). Each request in flight holds its own
-    activations, which bounds memory."""
+    a batch of `PIPELINES_MAX_BATCH` (16), and run concurrently in ONNX Runtime (measured: allowing one
+    run per model at a time instead cut the U-Net's requests per second under 8 clients by a quarter).
+    Each request in flight holds its own activations, which bounds memory."""
     return configured_count("PIPELINES_REQUEST_THREADS", 16, minimum=1)
 
 
