@@ -2,7 +2,7 @@
 (a client's requests cycle through them), three rounds; errors, p50/p99 and the memory (RSS) of the
 whole `bentoml serve` process tree at the start and after each round.
 
-    python -m benchmarks.bench_load [--clients 32] [--seconds 60] [--rounds 3]
+    python -m benchmarks.bench_load [--clients 32] [--seconds 60] [--rounds 3] [--env KEY=VALUE ...]
 
 It serves the registered `<task>:latest` models of the current BENTOML_HOME on a loopback port and stops
 the server it starts. Writes its table and log under benchmarks/results/.
@@ -20,18 +20,21 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--env", nargs="*", default=[], help="extra server environment, KEY=VALUE")
     args = parser.parse_args()
 
     import httpx
 
     from benchmarks.bench_serving import process_tree_rss_mb
-    from pipelines.bench import sweep, write_results
+    from pipelines.bench import served_lines, sweep, write_results
     from services.client import example_requests
     from tests.helpers import bentoml_server
 
     rows = []
-    with bentoml_server("services.pipelines:Pipelines", env={"PIPELINES_PROVIDER": "cpu"}, timeout=180) as url:
-        calls = list(example_requests(httpx.get(f"{url}/models", timeout=30).json()).values())
+    env = {"PIPELINES_PROVIDER": "cpu", **dict(item.split("=", 1) for item in args.env)}
+    with bentoml_server("services.pipelines:Pipelines", env=env, timeout=180) as url:
+        models = httpx.get(f"{url}/models", timeout=30).json()
+        calls = list(example_requests(models).values())
         for call in calls:  # one warm-up request per endpoint
             with httpx.Client(base_url=url, timeout=60) as http:
                 call(http)
@@ -48,7 +51,8 @@ def main() -> None:
                          "RSS MB": rss, "RSS vs start": rss / start_mb})
     title = (f"All-models Bento, {args.clients} clients x {args.seconds:g} s per round, mixed endpoints "
              f"({len(calls)} in turn), loopback")
-    write_results("load", title, rows, None, [], command="python -m benchmarks.bench_load " + " ".join(sys.argv[1:]))
+    write_results("load", title, rows, None, served_lines(models),
+                  command="python -m benchmarks.bench_load " + " ".join(sys.argv[1:]))
 
 
 if __name__ == "__main__":

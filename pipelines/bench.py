@@ -357,9 +357,14 @@ def bench_url(urls: tuple[str, ...], concurrency: tuple[int, ...], requests: int
     return write_results(
         "bench_url", title, rows,
         lambda path: bar_chart(path, chart_rows, "endpoint", "clients", "req/s", title[:110]),
-        [f"url: {url}" for url in urls] + [
-            f"served{f' at {url}' if len(urls) > 1 else ''}: {task}: {info['model']}, {info['provider']}, "
-            f"{info.get('precision', 'fp32')}, batching concurrent requests: "
-            f"{info.get('batching_concurrent_requests', False)}, request threads: {info.get('request_threads', 1)}"
-            for url in urls for task, info in models[url].items()], results=results,
+        [f"url: {url}" for url in urls]
+        + [line for url in urls for line in served_lines(models[url], f" at {url}" if len(urls) > 1 else "")],
+        results=results,
     )
+
+
+def served_lines(models: dict[str, dict], where: str = "") -> list[str]:
+    """For a log: each served model with the settings it is served with (from `/models`)."""
+    return [f"served{where}: {task}: {info['model']}, {info['provider']}, {info.get('precision', 'fp32')}, "
+            f"batching concurrent requests: {info.get('batching_concurrent_requests', False)}, "
+            f"request threads: {info.get('request_threads', 1)}" for task, info in models.items()]
