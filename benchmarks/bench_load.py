@@ -14,13 +14,15 @@ import argparse
 import itertools
 import sys
 
+from benchmarks.common import add_server_env_option, server_env
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--env", nargs="*", default=[], help="extra server environment, KEY=VALUE")
+    add_server_env_option(parser)
     args = parser.parse_args()
 
     import httpx
@@ -31,7 +33,7 @@ def main() -> None:
     from tests.helpers import bentoml_server
 
     rows = []
-    env = {"PIPELINES_PROVIDER": "cpu", **dict(item.split("=", 1) for item in args.env)}
+    env = server_env(args.env)
     with bentoml_server("services.pipelines:Pipelines", env=env, timeout=180) as url:
         models = httpx.get(f"{url}/models", timeout=30).json()
         calls = list(example_requests(models).values())

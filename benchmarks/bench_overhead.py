@@ -16,6 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.common import add_server_env_option, server_env
+
 
 def checked(call):
     """The call, failing the benchmark on any answer other than 200 (an error is not a latency)."""
@@ -51,7 +53,7 @@ def in_process_calls(scratch: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--env", nargs="*", default=[], help="extra server environment, KEY=VALUE")
+    add_server_env_option(parser)
     args = parser.parse_args()
 
     import httpx
@@ -61,7 +63,7 @@ def main() -> None:
     from services.client import example_image, example_requests
     from tests.helpers import bentoml_server
 
-    env = {"PIPELINES_PROVIDER": "cpu", **dict(item.split("=", 1) for item in args.env)}
+    env = server_env(args.env)
     rounds = 10
     repeats = max(1, args.requests // rounds)
     rows = []

@@ -53,6 +53,15 @@ def log_table(name: str, title: str, rows: list[dict]) -> None:
     write_results(name, title, rows, None, [], command=command)
 
 
+def add_server_env_option(parser) -> None:
+    parser.add_argument("--env", nargs="*", default=[], help="extra server environment, KEY=VALUE")
+
+
+def server_env(pairs: list[str]) -> dict[str, str]:
+    """The benchmarked server's environment: the CPU, and the `--env KEY=VALUE` pairs."""
+    return {"PIPELINES_PROVIDER": "cpu", **dict(pair.split("=", 1) for pair in pairs)}
+
+
 def serving_env(threads: int) -> dict[str, str]:
     """The served side of the latency tables: the CPU, the same threads, and the fp32 model the in-process
     rows measure (`pipelines bench` compares fp32 with int8)."""
