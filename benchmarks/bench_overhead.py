@@ -80,7 +80,10 @@ def main() -> None:
         files = {"image_a": ("a.png", example_image(seed=1)), "image_b": ("b.png", example_image(seed=2))}
         nothing = lambda: None  # noqa: E731  (the floors have no work to subtract)
         served |= {
-            "floor: two files, BentoML endpoint": (lambda: echo_http.post("/echo_files", files=files), nothing),
+            "floor: two files, BentoML endpoint, Path fields": (
+                lambda: echo_http.post("/echo_files", files=files), nothing),
+            "floor: two files, BentoML endpoint, UploadedFile fields": (
+                lambda: echo_http.post("/echo_uploads", files=files), nothing),
             "floor: two files, mounted Starlette route": (
                 lambda: echo_http.post("/mounted/echo_files", files=files), nothing),
             "/siamese/predict on a mounted Starlette route": (

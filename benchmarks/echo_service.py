@@ -1,7 +1,8 @@
 """BentoML's floors, served the same way as our Bento (for bench_overhead): a do-nothing JSON endpoint, the
-same for two uploaded files, and, on a Starlette app mounted in the service (where BentoML's middlewares,
-`/metrics` and `/readyz` still apply), the file echo and the Siamese endpoint without BentoML's request
-parsing: how far a mounted ASGI route would take the file endpoints."""
+same reading two uploaded files (as BentoML's `Path` fields and as the services' `UploadedFile` fields),
+and, on a Starlette app mounted in the service (where BentoML's middlewares, `/metrics` and `/readyz` still
+apply), the file echo and the Siamese endpoint without BentoML's request parsing: how far a mounted ASGI
+route would take the file endpoints."""
 
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
 from services.images import decode_image
+from services.uploads import UploadedFile
 
 mounted = Starlette()
 
@@ -53,4 +55,9 @@ class Echo:
 
     @bentoml.api
     def echo_files(self, image_a: Path, image_b: Path) -> int:
-        return image_a.stat().st_size + image_b.stat().st_size
+        return len(image_a.read_bytes()) + len(image_b.read_bytes())
+
+    @bentoml.api
+    def echo_uploads(self, image_a: UploadedFile, image_b: UploadedFile) -> int:
+        """The same with the services' file type: each upload read where the parser left it."""
+        return len(image_a.read_bytes()) + len(image_b.read_bytes())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Annotated
 
 import bentoml
@@ -15,13 +14,13 @@ from services.images import image_to_tensor
 from services.loading import ServedTask, TaskHandler, service_model, softmax
 from services.runtime import configured_request_threads
 from services.schemas import ClassifierResponse, ImageClassification, LabelProbability
-from services.uploads import read_upload
+from services.uploads import ImageFile, UploadedFile, read_upload
 
 TASK = "classifier"
 MODEL = service_model(TASK)
 MAX_IMAGES = int(os.environ.get("CLASSIFIER_MAX_BATCH", "32"))
 TopK = Annotated[int, Field(ge=1, description="how many classes to return per image (at most the model's classes)")]
-Images = Annotated[list[Path], Field(min_length=1, max_length=MAX_IMAGES)]
+Images = Annotated[list[UploadedFile], Field(min_length=1, max_length=MAX_IMAGES)]
 
 
 class ClassifierHandler(TaskHandler):
@@ -31,7 +30,7 @@ class ClassifierHandler(TaskHandler):
         """Preprocessed images (N, C, H, W) to class probabilities."""
         return softmax(self.model.run({self.manifest.input_names()[0]: images}))
 
-    def classify(self, images: list[Path], k: int, field: str) -> ClassifierResponse:
+    def classify(self, images: list[ImageFile], k: int, field: str) -> ClassifierResponse:
         if k < 1:  # the endpoints' schema says so too; checked before any image is decoded
             raise InvalidArgument(f"k: must be at least 1, got {k}")
         names = [field] if len(images) == 1 and field == "image" else [f"{field}[{i}]" for i in range(len(images))]
@@ -51,7 +50,7 @@ class ClassifierEndpoints:
     """The public endpoints in the all-models Bento (services/pipelines.py)."""
 
     @bentoml.api(route="/classifier/predict")
-    def classifier_predict(self, image: Path, k: TopK = 5) -> ClassifierResponse:
+    def classifier_predict(self, image: UploadedFile, k: TopK = 5) -> ClassifierResponse:
         """Classifier: the k most probable classes of one image (multipart file `image`, form field `k`)."""
         return self.handlers[TASK].classify([image], k, "image")
 
@@ -69,7 +68,7 @@ class ClassifierService:
         self.handler = ClassifierHandler.from_store(self.model_ref)
 
     @bentoml.api
-    def predict(self, image: Path, k: TopK = 5) -> ClassifierResponse:
+    def predict(self, image: UploadedFile, k: TopK = 5) -> ClassifierResponse:
         """The k most probable classes of one image (multipart file `image`, form field `k`)."""
         return self.handler.classify([image], k, "image")
 

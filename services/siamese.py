@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import bentoml
 import numpy as np
 from PIL import Image
@@ -12,7 +10,7 @@ from services.images import image_to_tensor
 from services.loading import ServedTask, TaskHandler, service_model, softmax
 from services.runtime import configured_request_threads
 from services.schemas import SiamesePrediction
-from services.uploads import read_upload
+from services.uploads import ImageFile, UploadedFile, read_upload
 
 TASK = "siamese"
 MODEL = service_model(TASK)
@@ -28,7 +26,7 @@ class SiameseHandler(TaskHandler):
         names = self.manifest.input_names()
         return softmax(self.model.run({name: np.ascontiguousarray(pairs[:, i]) for i, name in enumerate(names)}))
 
-    def predict(self, image_a: Path, image_b: Path) -> SiamesePrediction:
+    def predict(self, image_a: ImageFile, image_b: ImageFile) -> SiamesePrediction:
         mode = self.spec.color_mode
         return self.compare(read_upload(image_a, "image_a", mode), read_upload(image_b, "image_b", mode))
 
@@ -49,7 +47,7 @@ class SiameseEndpoints:
     """The public endpoints in the all-models Bento (services/pipelines.py)."""
 
     @bentoml.api(route="/siamese/predict")
-    def siamese_predict(self, image_a: Path, image_b: Path) -> SiamesePrediction:
+    def siamese_predict(self, image_a: UploadedFile, image_b: UploadedFile) -> SiamesePrediction:
         """Siamese: are the two images (multipart files `image_a`, `image_b`) of the same class?"""
         return self.handlers[TASK].predict(image_a, image_b)
 
@@ -62,7 +60,7 @@ class SiameseService:
         self.handler = SiameseHandler.from_store(self.model_ref)
 
     @bentoml.api
-    def predict(self, image_a: Path, image_b: Path) -> SiamesePrediction:
+    def predict(self, image_a: UploadedFile, image_b: UploadedFile) -> SiamesePrediction:
         """Compare two images (multipart files `image_a` and `image_b`)."""
         return self.handler.predict(image_a, image_b)
 

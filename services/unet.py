@@ -5,8 +5,6 @@ The mask has the uploaded image's own size, one class index per pixel, as fastai
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import bentoml
 import numpy as np
 from PIL import Image
@@ -15,7 +13,7 @@ from services.images import image_to_tensor
 from services.loading import ServedTask, TaskHandler, service_model
 from services.runtime import configured_request_threads
 from services.schemas import ClassCoverage, SegmentationSummary
-from services.uploads import read_upload
+from services.uploads import ImageFile, UploadedFile, read_upload
 
 TASK = "unet"
 MODEL = service_model(TASK)
@@ -41,7 +39,7 @@ class UnetHandler(TaskHandler):
         logits = self.model.run({self.manifest.input_names()[0]: image})
         return logits[0].argmax(axis=0).astype(np.uint8)
 
-    def read(self, image: Path) -> Image.Image:
+    def read(self, image: ImageFile) -> Image.Image:
         return read_upload(image, "image", self.spec.color_mode)
 
     def mask_of(self, image: Image.Image) -> np.ndarray:
@@ -51,10 +49,10 @@ class UnetHandler(TaskHandler):
             mask = np.asarray(Image.fromarray(mask).resize(image.size, Image.NEAREST))
         return mask
 
-    def segment(self, image: Path) -> Image.Image:
+    def segment(self, image: ImageFile) -> Image.Image:
         return Image.fromarray(self.mask_of(self.read(image)), mode="L")
 
-    def summary(self, image: Path) -> SegmentationSummary:
+    def summary(self, image: ImageFile) -> SegmentationSummary:
         mask = self.mask_of(self.read(image))
         counts = np.bincount(mask.ravel(), minlength=len(self.manifest.labels))
         classes = [ClassCoverage(index=i, name=name, pixels=int(counts[i]), coverage=float(counts[i] / mask.size))
@@ -62,7 +60,7 @@ class UnetHandler(TaskHandler):
         return SegmentationSummary(width=mask.shape[1], height=mask.shape[0], classes=classes,
                                    **self.served_by())
 
-    def overlay(self, image: Path) -> Image.Image:
+    def overlay(self, image: ImageFile) -> Image.Image:
         picture = self.read(image).convert("RGB")
         mask = self.mask_of(picture)
         pixels = np.asarray(picture, dtype=np.float32)
@@ -74,17 +72,17 @@ class UnetEndpoints:
     """The public endpoints in the all-models Bento (services/pipelines.py)."""
 
     @bentoml.api(route="/unet/segment")
-    def unet_segment(self, image: Path) -> Image.Image:
+    def unet_segment(self, image: UploadedFile) -> Image.Image:
         """U-Net: the class mask as a greyscale PNG of the upload's size (pixel value = class index)."""
         return self.handlers[TASK].segment(image)
 
     @bentoml.api(route="/unet/summary")
-    def unet_summary(self, image: Path) -> SegmentationSummary:
+    def unet_summary(self, image: UploadedFile) -> SegmentationSummary:
         """U-Net: class names with their pixel counts and coverage."""
         return self.handlers[TASK].summary(image)
 
     @bentoml.api(route="/unet/overlay")
-    def unet_overlay(self, image: Path) -> Image.Image:
+    def unet_overlay(self, image: UploadedFile) -> Image.Image:
         """U-Net: the upload with each class painted in its own colour."""
         return self.handlers[TASK].overlay(image)
 
@@ -97,17 +95,17 @@ class UnetService:
         self.handler = UnetHandler.from_store(self.model_ref)
 
     @bentoml.api
-    def segment(self, image: Path) -> Image.Image:
+    def segment(self, image: UploadedFile) -> Image.Image:
         """The class mask as a greyscale PNG of the upload's size: pixel value = class index."""
         return self.handler.segment(image)
 
     @bentoml.api
-    def summary(self, image: Path) -> SegmentationSummary:
+    def summary(self, image: UploadedFile) -> SegmentationSummary:
         """Class names with their pixel counts and coverage, for clients that want numbers, not pixels."""
         return self.handler.summary(image)
 
     @bentoml.api
-    def overlay(self, image: Path) -> Image.Image:
+    def overlay(self, image: UploadedFile) -> Image.Image:
         """The upload with each class painted in its own colour (background left as is), for people."""
         return self.handler.overlay(image)
 

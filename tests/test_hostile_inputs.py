@@ -127,6 +127,7 @@ MALFORMED = [
     ("/siamese/predict", {"files": {"image_a": ("a.png", example_image())}}),
     ("/siamese/predict", {"content": b"--x\r\nbroken", "headers": {"content-type": "multipart/form-data; boundary=x"}}),
     ("/unet/segment", {"files": {"image": ("i.png", example_image()[:100])}}),
+    ("/classifier/predict", {"files": {"image": ("big.png", b"\x89PNG" + bytes(21 * 1024 * 1024))}}),  # > 20 MB
     ("/unet/summary", {"files": {"image": ("i.png", b"")}}),
     ("/unet/overlay", {"files": {"image": ("i.png", b"GIF89a" + b"\x00" * 20)}}),
     ("/classifier/predict", {"files": {"image": ("i.png", example_image())}, "data": {"k": "0"}}),

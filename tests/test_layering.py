@@ -8,9 +8,11 @@ from tests.helpers import REPO
 
 # spaCy (torch-free) tokenises text exactly as fastai does; see the note in DESIGN's layering table.
 # httpx (a dependency of bentoml) is the HTTP library of the Python client, services/client.py.
-# _bentoml_impl and yaml come with bentoml (services/uploads.py wraps its multipart parser; a built
-# Bento's bento.yaml names the models it pinned).
-ALLOWED_THIRD_PARTY = {"numpy", "PIL", "onnxruntime", "bentoml", "_bentoml_impl", "yaml", "pydantic", "spacy", "httpx"}
+# _bentoml_impl, yaml, starlette and pydantic_core come with bentoml (services/uploads.py wraps its
+# multipart parser and types the file fields on Starlette's uploads; a built Bento's bento.yaml names the
+# models it pinned).
+ALLOWED_THIRD_PARTY = {"numpy", "PIL", "onnxruntime", "bentoml", "_bentoml_impl", "yaml", "pydantic", "pydantic_core",
+                       "starlette", "spacy", "httpx"}
 
 
 def test_services_import_no_fastai_or_torch_at_runtime():
