@@ -246,7 +246,8 @@ def register_command(artifact, name):
               help="Interleaved rounds per input; with several --url, per endpoint and concurrency level.")
 @click.option("--repeats", type=click.IntRange(1), default=5, show_default=True, help="Calls per runtime and round.")
 @click.option("--openvino/--no-openvino", default=True, show_default=True,
-              help="Add OpenVINO's CPU runtime on the same model.onnx as a reference row, when it is installed.")
+              help="Add OpenVINO's CPU runtime on the same model.onnx (and model.int8.onnx) as reference rows, "
+                   "when it is installed.")
 @click.option("--concurrency", default="1,8,32", show_default=True, help="With --url: concurrent clients to sweep.")
 @click.option("--requests", type=click.IntRange(1), default=200, show_default=True,
               help="With --url: requests per endpoint, concurrency level and server.")

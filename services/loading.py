@@ -126,11 +126,12 @@ def check_stored_model(tag: str, folder: Path) -> Manifest:
 def service_model(task: str):
     """What every service module does at import, in `bentoml serve`'s own process, so that a bad
     configuration stops the start with one message: check the provider and precision settings, make
-    BentoML's multipart parser answer 400 to a file under an unexpected field name, and pin the model."""
-    from services.uploads import tolerate_unexpected_multipart_fields
+    BentoML's multipart parser answer 400 to a file under an unexpected field name and to text where a file
+    belongs, and pin the model."""
+    from services.uploads import guard_multipart_parsing
 
     check_provider_configuration()
-    tolerate_unexpected_multipart_fields()
+    guard_multipart_parsing()
     return pinned_model(task)
 
 

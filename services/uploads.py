@@ -60,22 +60,31 @@ def read_upload(upload: ImageFile, field: str, color_mode: str = "RGB") -> Image
         raise InvalidArgument(str(error)) from None
 
 
-def tolerate_unexpected_multipart_fields() -> None:
-    """BentoML 1.4's multipart parser JSON-decodes every form field an endpoint does not declare; a file
-    sent under another field name (binary bytes) raises UnicodeDecodeError there, which BentoML answers
-    with a 500. Wrapped here (once), that becomes a 400 naming the missing and the unexpected fields.
+def guard_multipart_parsing() -> None:
+    """Wraps BentoML 1.4's multipart parser (once) so that two kinds of bad request are a 400 naming the
+    fields instead of a 500:
+    - a file sent under another field name: BentoML JSON-decodes every form field an endpoint does not
+      declare, and binary bytes raise UnicodeDecodeError there;
+    - text where a file belongs: BentoML takes a text value of a file field for a URL and downloads it on the
+      client's behalf, and anything that is not a reachable URL fails. The services take uploads only, so
+      the server never fetches what a client names.
     tests/test_hostile_inputs.py sends such requests to every file endpoint."""
     from _bentoml_impl.serde import MultipartSerde
 
     original = MultipartSerde.parse_request
-    if getattr(original, "names_unexpected_fields", False):
+    if getattr(original, "guarded", False):
         return
 
     async def parse_request(self, request, cls):
+        form = await request.form()  # Starlette parses once and keeps it for the original parser
+        not_files = [name for name in cls.multipart_fields
+                     if any(not isinstance(value, UploadFile) for value in form.getlist(name))]
+        if not_files:
+            raise InvalidArgument(f"{', '.join(not_files)}: expected a file upload, got a text field (send the file "
+                                  "itself, as a multipart file)")
         try:
             return await original(self, request, cls)
         except UnicodeDecodeError:
-            form = await request.form()
             sent = list(dict.fromkeys(form.keys()))
             missing = [name for name, field in cls.model_fields.items() if field.is_required() and name not in sent]
             unexpected = [name for name in sent if name not in cls.model_fields]
@@ -83,5 +92,5 @@ def tolerate_unexpected_multipart_fields() -> None:
                 f"missing field(s) {', '.join(missing) or '-'}; unexpected field(s) {', '.join(unexpected)} "
                 f"(this endpoint takes {', '.join(cls.model_fields)})") from None
 
-    parse_request.names_unexpected_fields = True
+    parse_request.guarded = True
     MultipartSerde.parse_request = parse_request

@@ -76,6 +76,19 @@ def test_a_file_under_another_field_name_is_a_400_naming_the_field_on_every_file
         assert call(bento).status_code == 200, route
 
 
+@pytest.mark.parametrize("text", ["hello", "https://example.com/cat.png", "http://127.0.0.1:9/a.png"])
+def test_text_where_a_file_belongs_is_a_400_naming_the_field_and_nothing_is_fetched(bento, good_requests, text):
+    """BentoML would take the text for a URL and download it on the client's behalf (a 500 when it fails)."""
+    for route, fields in file_endpoints(bento).items():
+        text_field, *file_fields = fields
+        files = {text_field: (None, text), **{field: ("i.png", example_image()) for field in file_fields}}
+        response = bento.post(route, files=files)
+        assert response.status_code == 400, (route, response.status_code, response.text)
+        assert_one_error_shape(response)
+        assert response.json()["error"].startswith(f"{text_field}: expected a file upload"), (route, response.text)
+    assert good_requests["/siamese/predict"](bento).status_code == 200
+
+
 @pytest.mark.parametrize("value", ["Infinity", "-Infinity", "1e400", "-1e400", "1e300"])
 def test_tabular_non_finite_or_overflowing_numbers_are_a_400_naming_record_and_column(bento, value):
     body = '{"records": [%s, %s]}' % (json.dumps(PENGUIN), json.dumps(PENGUIN).replace('"bill_length_mm": 48.6',
