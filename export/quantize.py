@@ -55,6 +55,22 @@ class CaseJudgement:
     logits_max_abs_error: float
 
 
+OPENVINO_INT8 = "OpenVINO int8"  # its key in QuantizationReport.latency_ms, beside "fp32" and "int8"
+
+
+@dataclass
+class OtherRuntimeJudgement:
+    """The same model.int8.onnx judged under another runtime (OpenVINO) by the same gate against ONNX
+    Runtime's fp32: served with that runtime only where it passed."""
+
+    runtime: str
+    passed: bool
+    judged: list[CaseJudgement]
+    speedup: float  # over ONNX Runtime fp32, the lowest over the bench inputs
+    speedup_over_onnxruntime_int8: float
+    problems: list[str] = field(default_factory=list)
+
+
 @dataclass
 class QuantizationReport:
     """The int8 section of parity.json."""
@@ -69,6 +85,7 @@ class QuantizationReport:
     latency_ms: dict[str, dict[str, float]]  # {"batch 1": {"fp32": .., "int8": ..}, ...}
     speedup: float
     problems: list[str] = field(default_factory=list)
+    openvino: OtherRuntimeJudgement | None = None  # None where OpenVINO is not installed
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -121,25 +121,38 @@ INT8_SECTION = "\n## int8: fp32 vs int8 under ONNX Runtime (`pipelines quantize`
 
 def write_int8_report(folder: Path, quantized) -> Path:
     """The int8 section of report.md (replacing an earlier one): the gate, what int8 lost, its speed."""
+    from export.quantize import OPENVINO_INT8
+
     path = Path(folder) / REPORT_FILE
     text = path.read_text() if path.is_file() else ""
     text = text.split(INT8_SECTION)[0].rstrip("\n") + "\n"
+    openvino = quantized.openvino
     judged_rows = [
-        {"case": case.name, "rows": case.rows, "argmax agreement": case.argmax_agreement,
+        {"runtime": runtime, "case": case.name, "rows": case.rows, "argmax agreement": case.argmax_agreement,
          "max abs Δlogit": case.logits_max_abs_error,
          "metrics (fp32 / int8)": "; ".join(f"{name} {_cell(v['fp32'])} / {_cell(v['int8'])}"
                                              for name, v in case.metrics.items()) or "-"}
-        for case in quantized.judged
+        for runtime, cases in (("ONNX Runtime", quantized.judged), *((("OpenVINO", openvino.judged),) if openvino else ()))
+        for case in cases
     ]
     speed_rows = [{"batch": batch, "fp32 ms": times["fp32"], "int8 ms": times["int8"],
-                   "speed-up": times["fp32"] / times["int8"]} for batch, times in quantized.latency_ms.items()]
+                   "speed-up": times["fp32"] / times["int8"],
+                   **({"OpenVINO int8 ms": times[OPENVINO_INT8], "OpenVINO speed-up": times["fp32"] / times[OPENVINO_INT8]}
+                      if OPENVINO_INT8 in times else {})}
+                  for batch, times in quantized.latency_ms.items()]
     gate = quantized.gate
     verdict = "passed: served with PIPELINES_PRECISION=int8 or auto" if quantized.passed else \
         "NOT KEPT: " + "; ".join(quantized.problems)
+    if openvino is None:
+        openvino_verdict = "not judged (OpenVINO is not installed)"
+    elif openvino.passed:
+        openvino_verdict = f"passed ({openvino.runtime}): served with PIPELINES_PROVIDER=openvino"
+    else:
+        openvino_verdict = f"not served with OpenVINO ({openvino.runtime}): " + "; ".join(openvino.problems)
     text += f"""{INT8_SECTION}
 Method: {quantized.method}; calibration: {quantized.calibration['source']}. Gate: metric loss at most
 {gate['max_metric_loss']} points, argmax agreement with fp32 at least {gate['min_agreement']}, speed-up at least
-{gate['min_speedup']}x. Verdict: **{verdict}**.
+{gate['min_speedup']}x. Verdict: **{verdict}**. The same file under OpenVINO, by the same gate: **{openvino_verdict}**.
 
 {markdown_table(judged_rows)}
 

@@ -174,17 +174,16 @@ def onnx_runtime(name: str, path: Path, threads: int) -> Runtime:
 
 
 def openvino_runtime(path: Path, threads: int) -> Runtime | None:
-    """OpenVINO's CPU runtime on the same ONNX file, as a reference (bf16 on AMX by its default hint)."""
+    """OpenVINO's CPU runtime on the same ONNX file (bf16 on AMX by its default hint), as served with
+    PIPELINES_PROVIDER=openvino; None where OpenVINO is not installed."""
+    from export.quantize import session_run
+    from services.runtime import ProviderUnavailableError, create_session
+
     try:
-        import openvino as ov
-    except ImportError:
+        session = create_session(path, provider="openvino", threads=threads)
+    except ProviderUnavailableError:
         return None
-    core = ov.Core()
-    compiled = core.compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
-    precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-    request = compiled.create_infer_request()
-    return Runtime(f"OpenVINO CPU ({precision}) on {path.name}",
-                   lambda inputs: request.infer(inputs))
+    return Runtime(f"OpenVINO CPU ({session.inference_precision}) on {path.name}", session_run(session))
 
 
 def load_model_under_test(target: str, threads: int, openvino: bool) -> ModelUnderTest:

@@ -21,14 +21,15 @@ from export.manifest import build_manifest
 from export.onnx_export import export_onnx
 from export.parity import ParityReport, check_parity
 from export.quantize import (
-    QuantizationReport, gate_problems, interleaved_ms, judge_case, quantize_model, session_run,
+    OPENVINO_INT8, OtherRuntimeJudgement, QuantizationReport, gate_problems, interleaved_ms, judge_case, quantize_model,
+    session_run,
 )
 from export.report import write_int8_report, write_report
 from pipelines.artifact import ModelSource, load_model_source, read_record, write_trained
 from pipelines.errors import PipelineError
 from pipelines.tasks.base import Task, TaskOptions
 from services.manifest import INT8_MODEL_FILE, MODEL_FILE, PARITY_FILE, Manifest, file_sha256
-from services.runtime import create_session
+from services.runtime import ProviderUnavailableError, create_session
 
 
 @dataclass
@@ -226,23 +227,27 @@ def quantize(source: ModelSource, calibration: Path | None = None, position: str
                f"{(folder / MODEL_FILE).stat().st_size / 1e6:.1f} MB)")
     sessions = {precision: create_session(path, provider="cpu")
                 for precision, path in (("fp32", folder / MODEL_FILE), ("int8", target))}
+    openvino = openvino_session(target)
     case = task.evaluation_case(task.parity_cases(learn, source.data))
     stage("quantize", f"judging int8 against fp32 on {case.name} ({source.data.source})", position)
     judged = judge_case(case.name, case.inputs, case.targets, case.metrics, sessions["fp32"], sessions["int8"])
-    runs = {precision: session_run(session) for precision, session in sessions.items()}
+    runs = {precision: session_run(session) for precision, session in
+            {**sessions, **({OPENVINO_INT8: openvino} if openvino else {})}.items()}
     latency = {label: {precision: statistics.median(values) for precision, values in interleaved_ms(runs, inputs).items()}
                for label, inputs in task.bench_inputs(case).items()}
     speedup = min(times["fp32"] / times["int8"] for times in latency.values())
     problems = gate_problems(gate, judged, speedup)
     for batch, times in latency.items():
         click.echo(f"      {batch}: fp32 {times['fp32']:.2f} ms, int8 {times['int8']:.2f} ms "
-                   f"({times['fp32'] / times['int8']:.2f}x)")
+                   f"({times['fp32'] / times['int8']:.2f}x)" +
+                   (f", OpenVINO int8 {times[OPENVINO_INT8]:.2f} ms" if openvino else ""))
     scores = ", ".join(f"{name} {v['fp32']:.4f} -> {v['int8']:.4f}" for name, v in judged.metrics.items())
     click.echo(f"      agreement with fp32 {judged.argmax_agreement:.4f}" + (f"; {scores}" if scores else ""))
     report = QuantizationReport(
         passed=not problems, method=gate.method, file=INT8_MODEL_FILE, sha256=file_sha256(target),
         calibration={"source": calibration_source}, gate=dataclasses.asdict(gate), judged=[judged],
         latency_ms=latency, speedup=speedup, problems=problems,
+        openvino=judge_under_openvino(gate, case, sessions["fp32"], openvino, latency) if openvino else None,
     )
     parity["int8"] = report.to_dict()
     (folder / PARITY_FILE).write_text(json.dumps(parity, indent=2) + "\n")
@@ -253,6 +258,37 @@ def quantize(source: ModelSource, calibration: Path | None = None, position: str
     click.secho(f"      int8 passed the {task.name} gate ({speedup:.2f}x fp32); register carries both files",
                 fg="green")
     return report
+
+
+def openvino_session(int8_file: Path):
+    """OpenVINO's runtime on model.int8.onnx, judged beside ONNX Runtime's where OpenVINO is installed."""
+    try:
+        return create_session(int8_file, provider="openvino")
+    except ProviderUnavailableError:
+        click.echo("      OpenVINO is not installed: int8 is judged under ONNX Runtime only "
+                   "(install the `openvino` extra to serve it with PIPELINES_PROVIDER=openvino)")
+    except Exception as error:  # OpenVINO raises RuntimeError for any graph it cannot read or compile
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        click.echo(f"      OpenVINO could not compile {int8_file.name} ({first}): judged under ONNX Runtime only")
+    return None
+
+
+def judge_under_openvino(gate, case, fp32, openvino, latency: dict[str, dict[str, float]]) -> OtherRuntimeJudgement:
+    """The int8 file under OpenVINO, by the same gate against ONNX Runtime's fp32 on the same rows."""
+    judged = judge_case(case.name, case.inputs, case.targets, case.metrics, fp32, openvino)
+    speedup = min(times["fp32"] / times[OPENVINO_INT8] for times in latency.values())
+    over_int8 = min(times["int8"] / times[OPENVINO_INT8] for times in latency.values())
+    problems = gate_problems(gate, judged, speedup)
+    scores = "".join(f", {name} {v['fp32']:.4f} -> {v['int8']:.4f}" for name, v in judged.metrics.items())
+    summary = (f"OpenVINO int8: agreement with fp32 {judged.argmax_agreement:.4f}{scores}; {speedup:.2f}x fp32, "
+               f"{over_int8:.2f}x ONNX Runtime int8 (the lowest over the inputs above)")
+    if problems:
+        click.secho(f"      {summary}; not served with OpenVINO: it " + "; ".join(problems), fg="yellow")
+    else:
+        click.echo(f"      {summary}; passed: PIPELINES_PROVIDER=openvino serves it")
+    return OtherRuntimeJudgement(runtime=f"OpenVINO {openvino.version} CPU ({openvino.inference_precision} inference)",
+                                 passed=not problems, judged=[judged], speedup=speedup,
+                                 speedup_over_onnxruntime_int8=over_int8, problems=problems)
 
 
 def register(folder: Path, name: str | None = None, position: str = "") -> str:

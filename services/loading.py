@@ -1,4 +1,5 @@
-"""Loading a registered model for serving: files from the model store, manifest, ONNX Runtime session."""
+"""Loading a registered model for serving: files from the model store, manifest, ONNX Runtime (or OpenVINO)
+session."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import onnxruntime as ort
 from services.batching import GreedyBatcher, configured_batching, max_batch
 from services.manifest import INT8_MODEL_FILE, MODEL_FILE, PARITY_FILE, Manifest, file_sha256
 from services.runtime import (
-    CPU, ProviderUnavailableError, configured_precision, configured_provider, configured_request_threads,
-    configured_threads, create_session, providers_for,
+    OpenVINOSession, ProviderUnavailableError, configured_precision, configured_provider, configured_request_threads,
+    configured_threads, create_session, providers_for, runs_on_cpu,
 )
 
 logger = logging.getLogger("bentoml.service")
@@ -44,6 +45,12 @@ def check_provider_configuration() -> None:
     providers_for(provider)
     if provider == "cuda":
         create_session(PROBE_MODEL, provider="cuda")
+    if provider == "openvino":
+        if configured_precision() == "fp32":
+            raise ProviderUnavailableError("PIPELINES_PROVIDER=openvino serves int8 models (those that passed their "
+                                           "gate under OpenVINO); with PIPELINES_PRECISION=fp32 it would serve none: "
+                                           "set PIPELINES_PRECISION to auto or int8, or PIPELINES_PROVIDER to cpu")
+        create_session(PROBE_MODEL, provider="openvino")
 
 
 def model_tag(task: str) -> str:
@@ -88,7 +95,7 @@ def pinned_model(task: str):
         if found != task:
             raise WrongTaskError(f"model {stored.tag} is a {found!r} model; the {task} service serves {task!r} "
                                  f"models (set {task.upper()}_MODEL_TAG to one)")
-        model_file(str(stored.tag), Path(stored.path), configured_precision())
+        model_file(str(stored.tag), Path(stored.path), configured_precision(), configured_provider())
     return model
 
 
@@ -135,24 +142,48 @@ def service_model(task: str):
     return pinned_model(task)
 
 
-def model_file(tag: str, folder: Path, precision: str, provider: str = CPU) -> tuple[Path, str]:
-    """The ONNX file to serve and its precision. model.int8.onnx is in a stored model only when it passed
-    its accuracy gate (`pipelines quantize`, then `register`); `auto` takes it on the CPU."""
-    int8 = Path(folder) / INT8_MODEL_FILE
+def model_file(tag: str, folder: Path, precision: str, provider: str = "cpu") -> tuple[Path, str, str]:
+    """The ONNX file to serve, its precision, and the provider choice its session is created with.
+
+    model.int8.onnx is in a stored model only when it passed its accuracy gate (`pipelines quantize`, then
+    `register`); `auto` takes it on the CPU. `openvino` serves it with OpenVINO where parity.json records
+    that it passed the same gate under OpenVINO, else (precision auto) with ONNX Runtime on the CPU."""
+    folder = Path(folder)
+    int8 = folder / INT8_MODEL_FILE
     if precision == "int8" and not int8.is_file():
         raise ProviderUnavailableError(f"PIPELINES_PRECISION=int8 but model {tag} has no int8 model that passed its "
                                        "gate (run `pipelines quantize` on its artifact, then register it again), "
                                        "or set PIPELINES_PRECISION=auto")
-    if precision == "int8" or (precision == "auto" and int8.is_file() and provider == CPU):
-        return int8, "int8"
-    return Path(folder) / MODEL_FILE, "fp32"
+    if provider == "openvino":
+        if int8.is_file() and passed_under_openvino(folder):
+            return int8, "int8", "openvino"
+        if precision == "int8":
+            raise ProviderUnavailableError(f"PIPELINES_PROVIDER=openvino with PIPELINES_PRECISION=int8, but model {tag}'s "
+                                           "int8 model has not passed its gate under OpenVINO (run `pipelines quantize` "
+                                           "with OpenVINO installed, then register again), or set "
+                                           "PIPELINES_PRECISION=auto to serve it with ONNX Runtime")
+        provider = "cpu"
+    if precision == "int8" or (precision == "auto" and int8.is_file() and runs_on_cpu(provider)):
+        return int8, "int8", provider
+    return folder / MODEL_FILE, "fp32", provider
+
+
+def passed_under_openvino(folder: Path) -> bool:
+    """Whether parity.json records the int8 model passing its gate under OpenVINO as well."""
+    import json
+
+    try:
+        section = json.loads((Path(folder) / PARITY_FILE).read_text()).get("int8") or {}
+    except (OSError, ValueError):
+        return False
+    return bool((section.get("openvino") or {}).get("passed"))
 
 
 @dataclass
 class ServedModel:
     tag: str
     manifest: Manifest
-    session: ort.InferenceSession
+    session: ort.InferenceSession | OpenVINOSession
     provider: str
     precision: str = "fp32"
 
@@ -166,12 +197,12 @@ class ServedModel:
         manifest = Manifest.read(folder)
         if manifest.task != expected_task:
             raise WrongTaskError(f"model {tag} is a {manifest.task!r} model, this service serves {expected_task!r}")
-        choice = configured_provider()
-        expected_provider = providers_for(choice)[0]
-        path, precision = model_file(tag, folder, configured_precision(), expected_provider)
+        configured = configured_provider()
+        path, precision, choice = model_file(tag, folder, configured_precision(), configured)
         session = create_session(path, provider=choice, threads=configured_threads())
         provider = session.get_providers()[0]
-        logger.info("serving %s (%s) with ONNX Runtime provider %s", tag, precision, provider)
+        logger.info("serving %s (%s) with %s%s", tag, precision, provider,
+                    " (its int8 model was not verified under OpenVINO)" if configured != choice else "")
         return cls(tag=tag, manifest=manifest, session=session, provider=provider, precision=precision)
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:

@@ -10,9 +10,9 @@ from tests.helpers import REPO
 # httpx (a dependency of bentoml) is the HTTP library of the Python client, services/client.py.
 # _bentoml_impl, yaml, starlette and pydantic_core come with bentoml (services/uploads.py wraps its
 # multipart parser and types the file fields on Starlette's uploads; a built Bento's bento.yaml names the
-# models it pinned).
+# models it pinned). openvino is the optional runtime of PIPELINES_PROVIDER=openvino (imported only there).
 ALLOWED_THIRD_PARTY = {"numpy", "PIL", "onnxruntime", "bentoml", "_bentoml_impl", "yaml", "pydantic", "pydantic_core",
-                       "starlette", "spacy", "httpx"}
+                       "starlette", "spacy", "httpx", "openvino"}
 
 
 def test_services_import_no_fastai_or_torch_at_runtime():

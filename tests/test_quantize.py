@@ -12,7 +12,7 @@ import pytest
 from export.quantize import QuantizationGate, gate_problems, judge_case, metric_loss
 from services.loading import model_file
 from services.manifest import INT8_MODEL_FILE, MODEL_FILE, PARITY_FILE
-from services.runtime import ProviderUnavailableError, create_session
+from services.runtime import CPU, OPENVINO, ProviderUnavailableError, create_session
 from tests.helpers import bentoml_server
 from tests.test_cli import assert_clean_failure, run_cli
 
@@ -47,9 +47,17 @@ def test_quantize_writes_int8_and_records_the_gate_beside_fp32(quantized_unet):
     assert judged["argmax_agreement"] >= 0.98
     assert set(judged["metrics"]) == {"accuracy", "dice"}
     assert set(section["latency_ms"]) == {"batch 1", "batch 16", "batch 1 at 100x150"}
+    # the same file judged under OpenVINO by the same gate, timed in the same rounds
+    openvino = section["openvino"]
+    assert openvino["passed"] and openvino["runtime"].startswith("OpenVINO ")
+    assert openvino["judged"][0]["argmax_agreement"] >= 0.98 and set(openvino["judged"][0]["metrics"]) == {"accuracy", "dice"}
+    assert all(set(times) == {"fp32", "int8", "OpenVINO int8"} for times in section["latency_ms"].values())
+    assert openvino["speedup_over_onnxruntime_int8"] > 0
+    assert "OpenVINO int8: agreement with fp32" in completed.stdout
     int8_size, fp32_size = (folder / INT8_MODEL_FILE).stat().st_size, (folder / MODEL_FILE).stat().st_size
     assert int8_size < fp32_size / 3  # int8 weights: a quarter of the bytes, plus scales
-    assert "## int8" in (folder / "report.md").read_text()
+    report = (folder / "report.md").read_text()
+    assert "## int8" in report and "served with PIPELINES_PROVIDER=openvino" in report
 
 
 def producers_of_inputs(model_path: Path, op_type: str) -> list[str]:
@@ -98,17 +106,18 @@ def test_int8_is_registered_only_after_passing_and_served_where_asked(quantized_
     from PIL import Image
 
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 96, 3), np.uint8)).save(image)
-    for precision, expected in (("auto", "int8"), ("fp32", "fp32"), ("int8", "int8")):
-        env = {"PIPELINES_PROVIDER": "cpu", "PIPELINES_PRECISION": precision, "UNET_MODEL_TAG": "unet-int8:latest"}
+    for provider, precision, expected, runtime in (("cpu", "auto", "int8", CPU), ("cpu", "fp32", "fp32", CPU),
+                                                   ("cpu", "int8", "int8", CPU), ("openvino", "auto", "int8", OPENVINO)):
+        env = {"PIPELINES_PROVIDER": provider, "PIPELINES_PRECISION": precision, "UNET_MODEL_TAG": "unet-int8:latest"}
         with bentoml_server("services.unet:UnetService", env=env) as url:
             import httpx
 
             with open(image, "rb") as handle:
                 response = httpx.post(f"{url}/summary", files={"image": ("scene.png", handle.read())}, timeout=60)
             assert response.status_code == 200, response.text
-            assert response.json()["precision"] == expected
+            assert (response.json()["precision"], response.json()["provider"]) == (expected, runtime)
             info = httpx.post(f"{url}/model_info", timeout=30).json()
-            assert info["precision"] == expected
+            assert (info["precision"], info["provider"]) == (expected, runtime)
 
 
 def test_a_bad_calibration_fails_the_gate_and_nothing_int8_is_registered(siamese_run, tmp_path):
@@ -149,14 +158,23 @@ def test_quantize_refuses_an_unverified_model(unet_run, tmp_path):
 
 
 def test_precision_choice(tmp_path):
-    (tmp_path / MODEL_FILE).write_bytes(b"fp32")
-    assert model_file("m:1", tmp_path, "auto") == (tmp_path / MODEL_FILE, "fp32")
+    fp32, int8 = tmp_path / MODEL_FILE, tmp_path / INT8_MODEL_FILE
+    fp32.write_bytes(b"fp32")
+    assert model_file("m:1", tmp_path, "auto") == (fp32, "fp32", "cpu")
     with pytest.raises(ProviderUnavailableError, match="no int8 model that passed its gate"):
         model_file("m:1", tmp_path, "int8")
-    (tmp_path / INT8_MODEL_FILE).write_bytes(b"int8")
-    assert model_file("m:1", tmp_path, "auto") == (tmp_path / INT8_MODEL_FILE, "int8")
-    assert model_file("m:1", tmp_path, "auto", provider="CUDAExecutionProvider") == (tmp_path / MODEL_FILE, "fp32")
-    assert model_file("m:1", tmp_path, "fp32") == (tmp_path / MODEL_FILE, "fp32")
+    int8.write_bytes(b"int8")
+    assert model_file("m:1", tmp_path, "auto") == (int8, "int8", "cpu")
+    assert model_file("m:1", tmp_path, "auto", provider="cuda") == (fp32, "fp32", "cuda")
+    assert model_file("m:1", tmp_path, "fp32") == (fp32, "fp32", "cpu")
+    # OpenVINO serves only an int8 model that parity.json says passed its gate under OpenVINO
+    assert model_file("m:1", tmp_path, "auto", provider="openvino") == (int8, "int8", "cpu")
+    with pytest.raises(ProviderUnavailableError, match="has not passed its gate under OpenVINO"):
+        model_file("m:1", tmp_path, "int8", provider="openvino")
+    (tmp_path / PARITY_FILE).write_text(json.dumps({"int8": {"passed": True, "openvino": {"passed": False}}}))
+    assert model_file("m:1", tmp_path, "auto", provider="openvino") == (int8, "int8", "cpu")
+    (tmp_path / PARITY_FILE).write_text(json.dumps({"int8": {"passed": True, "openvino": {"passed": True}}}))
+    assert model_file("m:1", tmp_path, "int8", provider="openvino") == (int8, "int8", "openvino")
 
 
 def test_gate_arithmetic():

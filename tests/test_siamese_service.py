@@ -107,7 +107,9 @@ def test_readyz_and_metrics(server):
     "setting, message",
     [
         ({"PIPELINES_PROVIDER": "cuda"}, "CUDA was requested but this onnxruntime has no CUDAExecutionProvider"),
-        ({"PIPELINES_PROVIDER": "gpu"}, "PIPELINES_PROVIDER='gpu' is not one of cpu, cuda, auto"),
+        ({"PIPELINES_PROVIDER": "gpu"}, "PIPELINES_PROVIDER='gpu' is not one of cpu, cuda, openvino, auto"),
+        ({"PIPELINES_PROVIDER": "openvino", "PIPELINES_PRECISION": "fp32"},
+         "PIPELINES_PROVIDER=openvino serves int8 models"),
         ({"PIPELINES_REQUEST_THREADS": "0"}, "PIPELINES_REQUEST_THREADS=0 must be 1 or more"),
         ({"PIPELINES_MAX_BATCH": "many"}, "PIPELINES_MAX_BATCH='many' is not an integer"),
     ],
