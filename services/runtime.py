@@ -67,7 +67,8 @@ def configured_count(variable: str, default: int, minimum: int) -> int:
 
 
 def configured_threads() -> int:
-    """Intra-op threads per session from `PIPELINES_THREADS`; 0 lets ONNX Runtime decide."""
+    """Intra-op threads per session (inference threads per OpenVINO model) from `PIPELINES_THREADS`; 0 lets the
+    runtime decide."""
     return configured_count("PIPELINES_THREADS", 0, minimum=0)
 
 
