@@ -14,6 +14,7 @@ import argparse
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from benchmarks.common import add_server_env_option, server_env
@@ -58,6 +59,7 @@ def main() -> None:
 
     import httpx
 
+    from benchmarks.echo_service import WAIT_S
     from export.quantize import interleaved_ms
     from pipelines.bench import write_results
     from services.client import example_image, example_requests
@@ -86,6 +88,10 @@ def main() -> None:
                 lambda: echo_http.post("/echo_uploads", files=files), nothing),
             "floor: two files, mounted Starlette route": (
                 lambda: echo_http.post("/mounted/echo_files", files=files), nothing),
+            "two files after 5 ms of sleep, BentoML endpoint, UploadedFile fields": (
+                lambda: echo_http.post("/echo_uploads_after_wait", files=files), lambda: time.sleep(WAIT_S)),
+            "two files after 5 ms of sleep, mounted Starlette route": (
+                lambda: echo_http.post("/mounted/echo_files_after_wait", files=files), lambda: time.sleep(WAIT_S)),
             "/siamese/predict on a mounted Starlette route": (
                 lambda: echo_http.post("/mounted/siamese/predict", files=files), local["/siamese/predict"]),
         }

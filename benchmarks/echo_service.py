@@ -2,8 +2,11 @@
 same reading two uploaded files (as BentoML's `Path` fields and as the services' `UploadedFile` fields),
 and, on a Starlette app mounted in the service (where BentoML's middlewares, `/metrics` and `/readyz` still
 apply), the file echo and the Siamese endpoint without BentoML's request parsing: how far a mounted ASGI
-route would take the file endpoints."""
+route would take the file endpoints. The `..._after_wait` variants read the files after 5 ms of sleeping: what
+any endpoint that takes a few milliseconds pays beyond the echo and its own work on this machine, with no
+work of ours at all (cores that go idle while a request waits are slower to wake)."""
 
+import time
 from pathlib import Path
 
 import bentoml
@@ -37,7 +40,16 @@ async def mounted_siamese_predict(request) -> JSONResponse:
     return JSONResponse((await run_in_threadpool(answer)).model_dump())
 
 
+WAIT_S = 0.005
+
+
+async def mounted_echo_files_after_wait(request) -> JSONResponse:
+    await run_in_threadpool(time.sleep, WAIT_S)
+    return await mounted_echo_files(request)
+
+
 mounted.add_route("/echo_files", mounted_echo_files, methods=["POST"])
+mounted.add_route("/echo_files_after_wait", mounted_echo_files_after_wait, methods=["POST"])
 mounted.add_route("/siamese/predict", mounted_siamese_predict, methods=["POST"])
 
 
@@ -60,4 +72,9 @@ class Echo:
     @bentoml.api
     def echo_uploads(self, image_a: UploadedFile, image_b: UploadedFile) -> int:
         """The same with the services' file type: each upload read where the parser left it."""
+        return len(image_a.read_bytes()) + len(image_b.read_bytes())
+
+    @bentoml.api
+    def echo_uploads_after_wait(self, image_a: UploadedFile, image_b: UploadedFile) -> int:
+        time.sleep(WAIT_S)
         return len(image_a.read_bytes()) + len(image_b.read_bytes())
