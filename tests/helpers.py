@@ -143,10 +143,11 @@ def build_bento(bentofile: str):
     return bentoml.get(completed.stdout.strip().splitlines()[-1].replace("__tag__:", ""))
 
 
-def check_container_context(bento, runtime: str = "onnxruntime") -> None:
+def check_container_context(bento, runtime: str = "onnxruntime") -> set[str]:
     """The Docker build context `bentoml build` writes: slim Python base, the serving port, a non-root
     user, and an install list with `runtime` (onnxruntime or onnxruntime-gpu, never both) and without
-    torch or fastai. (No Docker engine runs here; `bentoml containerize` builds it elsewhere.)"""
+    torch or fastai; returns the names on that list. (No Docker engine runs here; `bentoml containerize`
+    builds it elsewhere.)"""
     with open(bento.path_of("env/docker/Dockerfile")) as handle:
         dockerfile = handle.read()
     assert "FROM python:3.11-slim" in dockerfile
@@ -160,6 +161,7 @@ def check_container_context(bento, runtime: str = "onnxruntime") -> None:
     assert runtime in names
     assert not names & ({"onnxruntime", "onnxruntime-gpu"} - {runtime})
     assert not any(name.startswith(("torch", "fastai")) for name in names)
+    return names
 
 TINY_CLASSIFIER_OPTIONS = dict(
     image_size=32, arch="resnet18", pretrained="no", epochs=1, lr=3e-3, batch_size=32, seed=42, register=True,

@@ -59,7 +59,7 @@ def bento_service_config(bento) -> dict:
 
 def test_cpu_bento_pins_the_four_models_and_ships_onnxruntime_without_torch(cpu_bento, latest_tags):
     assert sorted(str(model.tag) for model in cpu_bento.info.all_models) == sorted(latest_tags.values())
-    check_container_context(cpu_bento, runtime="onnxruntime")
+    assert "openvino" in check_container_context(cpu_bento, runtime="onnxruntime")  # PIPELINES_PROVIDER=openvino
     info, config = bento_service_config(cpu_bento)
     assert info["service"] == "services.pipelines:Pipelines"
     assert "gpu" not in config.get("resources", {})
