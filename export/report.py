@@ -127,13 +127,13 @@ def write_int8_report(folder: Path, quantized) -> Path:
     text = path.read_text() if path.is_file() else ""
     text = text.split(INT8_SECTION)[0].rstrip("\n") + "\n"
     openvino = quantized.openvino
+    runtimes = [("ONNX Runtime", quantized.judged)] + ([("OpenVINO", openvino.judged)] if openvino else [])
     judged_rows = [
         {"runtime": runtime, "case": case.name, "rows": case.rows, "argmax agreement": case.argmax_agreement,
          "max abs Δlogit": case.logits_max_abs_error,
          "metrics (fp32 / int8)": "; ".join(f"{name} {_cell(v['fp32'])} / {_cell(v['int8'])}"
                                              for name, v in case.metrics.items()) or "-"}
-        for runtime, cases in (("ONNX Runtime", quantized.judged), *((("OpenVINO", openvino.judged),) if openvino else ()))
-        for case in cases
+        for runtime, cases in runtimes for case in cases
     ]
     speed_rows = [{"batch": batch, "fp32 ms": times["fp32"], "int8 ms": times["int8"],
                    "speed-up": times["fp32"] / times["int8"],
