@@ -3,8 +3,10 @@ session."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from services.batching import GreedyBatcher, configured_batching, max_batch
 from services.manifest import INT8_MODEL_FILE, MODEL_FILE, PARITY_FILE, Manifest, file_sha256
 from services.runtime import (
     OpenVINOSession, ProviderUnavailableError, configured_precision, configured_provider, configured_request_threads,
-    configured_threads, create_session, providers_for, runs_on_cpu,
+    configured_runs_per_model, configured_threads, create_session, providers_for, runs_on_cpu,
 )
 
 logger = logging.getLogger("bentoml.service")
@@ -38,6 +40,7 @@ def check_provider_configuration() -> None:
     """
     configured_threads()
     configured_request_threads()
+    configured_runs_per_model()
     configured_precision()
     configured_batching()
     max_batch()
@@ -205,8 +208,13 @@ class ServedModel:
                     " (its int8 model was not verified under OpenVINO)" if configured != choice else "")
         return cls(tag=tag, manifest=manifest, session=session, provider=provider, precision=precision)
 
+    def __post_init__(self) -> None:
+        limit = configured_runs_per_model()
+        self.runs_at_once = threading.BoundedSemaphore(limit) if limit else contextlib.nullcontext()
+
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return self.session.run([self.manifest.outputs[0].name], feeds)[0]
+        with self.runs_at_once:
+            return self.session.run([self.manifest.outputs[0].name], feeds)[0]
 
     def info(self) -> dict:
         return {
@@ -269,7 +277,7 @@ class TaskHandler:
     def describe(self) -> dict:
         """The model version, provider, inputs, outputs, labels and training metrics (`/model_info`, `/models`)."""
         return {**self.model.info(), "batching_concurrent_requests": self.batching,
-                "request_threads": configured_request_threads()}
+                "request_threads": configured_request_threads(), "runs_per_model": configured_runs_per_model()}
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Session creation: a CUDA request that ONNX Runtime silently serves on the CPU is refused; OpenVINO's
 runtime answers through the same calls as an ONNX Runtime session, concurrently from many threads."""
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -45,3 +46,31 @@ def test_openvino_answers_like_onnx_runtime_from_concurrent_threads(unet_run):
         assert got.shape == want.shape
         assert np.abs(got - want).max() < tolerance * max(1.0, np.abs(want).max())
         assert (got.argmax(1) == want.argmax(1)).mean() > 0.999
+
+
+def test_runs_of_one_served_model_at_once_are_limited(unet_run, monkeypatch):
+    """Many request threads calling one served model: at most PIPELINES_RUNS_PER_MODEL of them are inside its
+    session at any moment (each run holds its own activations), and that many do run together."""
+    from services.loading import ServedModel
+
+    _, result = unet_run
+    monkeypatch.setenv("PIPELINES_PROVIDER", "cpu")
+    monkeypatch.setenv("PIPELINES_RUNS_PER_MODEL", "2")
+    model = ServedModel.load("unet:test", result.output_dir, "unet")
+    real_run, lock, inside, most = model.session.run, threading.Lock(), [0], [0]
+
+    def counted_run(names, feeds):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        try:
+            return real_run(names, feeds)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    monkeypatch.setattr(model.session, "run", counted_run)
+    images = np.random.default_rng(0).standard_normal((24, 1, 3, 64, 96), dtype=np.float32)
+    with ThreadPoolExecutor(8) as pool:
+        outputs = list(pool.map(lambda image: model.run({"image": image}), images))
+    assert len(outputs) == 24 and most[0] == 2

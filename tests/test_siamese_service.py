@@ -111,6 +111,7 @@ def test_readyz_and_metrics(server):
         ({"PIPELINES_PROVIDER": "openvino", "PIPELINES_PRECISION": "fp32"},
          "PIPELINES_PROVIDER=openvino serves int8 models"),
         ({"PIPELINES_REQUEST_THREADS": "0"}, "PIPELINES_REQUEST_THREADS=0 must be 1 or more"),
+        ({"PIPELINES_RUNS_PER_MODEL": "-1"}, "PIPELINES_RUNS_PER_MODEL=-1 must be 0 or more"),
         ({"PIPELINES_MAX_BATCH": "many"}, "PIPELINES_MAX_BATCH='many' is not an integer"),
     ],
 )
