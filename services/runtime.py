@@ -80,7 +80,8 @@ def configured_request_threads() -> int:
     Siamese batcher never saw two requests at once. 16 lets concurrent requests decode in parallel, fill
     a batch of `PIPELINES_MAX_BATCH` (16), and run concurrently in ONNX Runtime (measured: allowing one
     run per model at a time instead cut the U-Net's requests per second under 8 clients by a quarter).
-    Each request in flight holds its own activations, which bounds memory."""
+    Each request in flight holds its decoded input; the runs' activations are bounded by
+    `configured_runs_per_model`."""
     return configured_count("PIPELINES_REQUEST_THREADS", 16, minimum=1)
 
 
