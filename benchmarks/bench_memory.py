@@ -11,21 +11,11 @@ starts. Writes its table and log under benchmarks/results/.
 from __future__ import annotations
 
 import argparse
-import io
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from benchmarks.common import log_table, server_env
-
-
-def random_png(width: int, height: int) -> bytes:
-    import numpy as np
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (height, width, 3), np.uint8)).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def main() -> None:
@@ -40,10 +30,11 @@ def main() -> None:
     import httpx
     import psutil
 
+    from services.client import example_image
     from tests.helpers import bentoml_server
 
     width, height = (int(part) for part in args.size.split("x"))
-    image = random_png(width, height)
+    image = example_image(width, height)
     rows = []
     for setting in args.setting or [""]:
         env = server_env([pair for pair in setting.split(",") if pair])
