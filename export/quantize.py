@@ -21,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from export.errors import ExportError
+from services.messages import message_line
 
 QuantizationMethod = Literal["static", "dynamic"]
 
@@ -186,8 +187,8 @@ def quantize_model(source: Path, target: Path, method: QuantizationMethod,
         except QuantizationError:
             raise
         except Exception as error:
-            raise QuantizationError(f"ONNX Runtime's quantizer failed: {type(error).__name__}: "
-                                    f"{str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}") from None
+            raise QuantizationError(f"ONNX Runtime's quantizer failed ({type(error).__name__}): "
+                                    f"{message_line(error)}") from None
         finally:
             root.setLevel(level)
 

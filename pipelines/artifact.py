@@ -25,6 +25,7 @@ from export.report import TrainingSummary, plot_losses
 from pipelines.errors import PipelineError
 from pipelines.registry import TASKS, get_task
 from pipelines.tasks.base import WEIGHTS_FILE, BuiltLearner, PreparedData, Task
+from services.messages import message_line
 
 SOURCE_FILE = "source.json"
 TRAINING_FILE = "training.json"
@@ -166,7 +167,7 @@ def load_user_learner(path: Path):
     except (AttributeError, ImportError, TypeError) as error:
         lacking = f" (used as a class: {', '.join(NotebookUnpickler.missing)})" if NotebookUnpickler.missing else ""
         raise PipelineError(
-            f"{path}: the pickle refers to code this environment lacks: {str(error).splitlines()[-1].strip()}{lacking}. "
+            f"{path}: the pickle refers to code this environment lacks: {message_line(error, last=True)}{lacking}. "
             "Import or define the learner's custom classes before exporting (a script that imports them and calls "
             f"pipelines.cli.main), or install the fastai/torch versions it was saved with (here fastai "
             f"{fastai_version()}, torch {torch.__version__})"
@@ -174,7 +175,7 @@ def load_user_learner(path: Path):
     except (pickle.UnpicklingError, EOFError, UnicodeDecodeError, ValueError) as error:
         raise PipelineError(f"{path}: not a fastai learner file ({type(error).__name__}: {error})") from None
     except RuntimeError as error:
-        message = str(error).splitlines()[0]
+        message = message_line(error)
         if "zip" in message or "magic number" in message or "archive" in message:
             raise PipelineError(f"{path}: not a fastai learner file ({message})") from None
         raise PipelineError(f"{path}: could not be loaded with fastai {fastai_version()} and torch "

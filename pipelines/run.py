@@ -29,6 +29,7 @@ from pipelines.artifact import ModelSource, load_model_source, read_record, writ
 from pipelines.errors import PipelineError
 from pipelines.tasks.base import Task, TaskOptions
 from services.manifest import INT8_MODEL_FILE, MODEL_FILE, PARITY_FILE, Manifest, file_sha256
+from services.messages import message_line
 from services.runtime import ProviderUnavailableError, create_session
 
 
@@ -268,8 +269,8 @@ def openvino_session(int8_file: Path):
         click.echo("      OpenVINO is not installed: int8 is judged under ONNX Runtime only "
                    "(install the `openvino` extra to serve it with PIPELINES_PROVIDER=openvino)")
     except Exception as error:  # OpenVINO raises RuntimeError for any graph it cannot read or compile
-        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        click.echo(f"      OpenVINO could not compile {int8_file.name} ({first}): judged under ONNX Runtime only")
+        click.echo(f"      OpenVINO could not compile {int8_file.name} ({message_line(error)}): "
+                   "judged under ONNX Runtime only")
     return None
 
 

@@ -16,6 +16,7 @@ import onnxruntime as ort
 
 from services.batching import GreedyBatcher, configured_batching, max_batch
 from services.manifest import INT8_MODEL_FILE, MODEL_FILE, PARITY_FILE, Manifest, file_sha256
+from services.messages import message_line
 from services.runtime import (
     OpenVINOSession, ProviderUnavailableError, configured_precision, configured_provider, configured_request_threads,
     configured_runs_per_model, configured_threads, create_session, providers_for, runs_on_cpu,
@@ -115,9 +116,8 @@ def check_stored_model(tag: str, folder: Path) -> Manifest:
     try:
         manifest = Manifest.read(folder)
     except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DamagedModelError(f"model {tag}: its manifest.json cannot be read ({first}); register the artifact "
-                                "again") from None
+        raise DamagedModelError(f"model {tag}: its manifest.json cannot be read ({message_line(error)}); "
+                                "register the artifact again") from None
     try:
         parity = json.loads((folder / PARITY_FILE).read_text())
     except (OSError, ValueError):

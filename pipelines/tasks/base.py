@@ -24,6 +24,7 @@ from export.quantize import QuantizationGate
 from export.report import TrainingSummary
 from pipelines.errors import PipelineError
 from pipelines.training import TrainingHistory
+from services.messages import message_line
 
 WEIGHTS_FILE = "fastai_weights.pth"
 
@@ -194,9 +195,8 @@ class Task(ABC):
         try:
             built.learn.model.load_state_dict(state)
         except RuntimeError as error:
-            first = str(error).strip().splitlines()[0]
             raise PipelineError(f"{weights}: these weights do not fit the {self.name} model the options "
-                                f"describe ({first})") from None
+                                f"describe ({message_line(error)})") from None
         return built, data
 
     def model_from_artifact(self, folder: Path):
