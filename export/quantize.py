@@ -87,6 +87,7 @@ class QuantizationReport:
     speedup: float
     problems: list[str] = field(default_factory=list)
     openvino: OtherRuntimeJudgement | None = None  # None where OpenVINO is not installed
+    judged_on: dict | None = None  # services.runtime.this_machine(): the verdict holds for CPUs of its int8_kernels
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -26,6 +26,7 @@ import click
 import numpy as np
 
 from pipelines.errors import PipelineError
+from services.runtime import SPEED_FEATURES, cpu_features
 
 RESULTS = Path("benchmarks/results")
 
@@ -36,24 +37,6 @@ def cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.2f}" if abs(value) >= 0.01 or value == 0 else f"{value:.2e}"
     return str(value)
-
-
-# The instruction sets that decide int8 and fp32 speed on x86, best first: the same int8 file's speed-up
-# differs by CPU (measured: the U-Net at 100x150, 1.40x fp32 on 2 Intel cores with AMX, 1.53x on 2 EPYC
-# cores with AVX2 only).
-SPEED_FEATURES = ("amx_int8", "amx_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
-
-
-def cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, list[str]]:
-    """The CPU's model name and which of SPEED_FEATURES it has (Linux; elsewhere the platform's name)."""
-    try:
-        info = cpuinfo.read_text()
-    except OSError:
-        return platform.processor() or platform.machine(), []
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                 platform.machine())
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    return model, [feature for feature in SPEED_FEATURES if feature in flags]
 
 
 def machine_label(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:

@@ -30,7 +30,7 @@ from pipelines.errors import PipelineError
 from pipelines.tasks.base import Task, TaskOptions
 from services.manifest import INT8_MODEL_FILE, MODEL_FILE, PARITY_FILE, Manifest, file_sha256
 from services.messages import message_line
-from services.runtime import ProviderUnavailableError, create_session
+from services.runtime import ProviderUnavailableError, create_session, this_machine
 
 
 @dataclass
@@ -244,11 +244,15 @@ def quantize(source: ModelSource, calibration: Path | None = None, position: str
                    (f", OpenVINO int8 {times[OPENVINO_INT8]:.2f} ms" if openvino else ""))
     scores = ", ".join(f"{name} {v['fp32']:.4f} -> {v['int8']:.4f}" for name, v in judged.metrics.items())
     click.echo(f"      agreement with fp32 {judged.argmax_agreement:.4f}" + (f"; {scores}" if scores else ""))
+    machine = this_machine()
+    click.echo(f"      judged on {machine['cpu']} (int8 kernels: {machine['int8_kernels']}); the verdict is proof for "
+               "CPUs with the same int8 kernels")
     report = QuantizationReport(
         passed=not problems, method=gate.method, file=INT8_MODEL_FILE, sha256=file_sha256(target),
         calibration={"source": calibration_source}, gate=dataclasses.asdict(gate), judged=[judged],
         latency_ms=latency, speedup=speedup, problems=problems,
         openvino=judge_under_openvino(gate, case, sessions["fp32"], openvino, latency) if openvino else None,
+        judged_on=machine,
     )
     parity["int8"] = report.to_dict()
     (folder / PARITY_FILE).write_text(json.dumps(parity, indent=2) + "\n")

@@ -19,7 +19,7 @@ from services.manifest import INT8_MODEL_FILE, MODEL_FILE, PARITY_FILE, Manifest
 from services.messages import message_line
 from services.runtime import (
     OpenVINOSession, ProviderUnavailableError, configured_precision, configured_provider, configured_request_threads,
-    configured_runs_per_model, configured_threads, create_session, providers_for, runs_on_cpu,
+    configured_runs_per_model, configured_threads, create_session, providers_for, runs_on_cpu, this_machine,
 )
 
 logger = logging.getLogger("bentoml.service")
@@ -171,15 +171,35 @@ def model_file(tag: str, folder: Path, precision: str, provider: str = "cpu") ->
     return folder / MODEL_FILE, "fp32", provider
 
 
-def passed_under_openvino(folder: Path) -> bool:
-    """Whether parity.json records the int8 model passing its gate under OpenVINO as well."""
+def int8_verdict(folder: Path) -> dict:
+    """parity.json's int8 section (empty where there is none or the file cannot be read)."""
     import json
 
     try:
-        section = json.loads((Path(folder) / PARITY_FILE).read_text()).get("int8") or {}
-    except (OSError, ValueError):
-        return False
-    return bool((section.get("openvino") or {}).get("passed"))
+        return json.loads((Path(folder) / PARITY_FILE).read_text()).get("int8") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def passed_under_openvino(folder: Path) -> bool:
+    """Whether parity.json records the int8 model passing its gate under OpenVINO as well."""
+    return bool((int8_verdict(folder).get("openvino") or {}).get("passed"))
+
+
+def warn_if_judged_on_other_int8_kernels(tag: str, folder: Path) -> dict | None:
+    """The machine the int8 verdict was judged on; a warning in the log when this CPU's int8 kernels differ
+    from it (services.runtime.int8_kernels says why that matters). Verdicts from before it was recorded:
+    None, no warning."""
+    judged_on = int8_verdict(folder).get("judged_on")
+    if not judged_on:
+        return None
+    here = this_machine()
+    if judged_on.get("int8_kernels") != here["int8_kernels"]:
+        logger.warning("model %s: its int8 verdict was judged on %s (int8 kernels: %s) and this CPU is %s (%s): "
+                       "int8 results can differ between them; run `pipelines quantize` on this kind of machine "
+                       "and register again to judge it here, or set PIPELINES_PRECISION=fp32",
+                       tag, judged_on.get("cpu"), judged_on.get("int8_kernels"), here["cpu"], here["int8_kernels"])
+    return judged_on
 
 
 @dataclass
@@ -189,6 +209,7 @@ class ServedModel:
     session: ort.InferenceSession | OpenVINOSession
     provider: str
     precision: str = "fp32"
+    int8_judged_on: dict | None = None
 
     @classmethod
     def from_store(cls, stored, expected_task: str) -> "ServedModel":
@@ -206,7 +227,9 @@ class ServedModel:
         provider = session.get_providers()[0]
         logger.info("serving %s (%s) with %s%s", tag, precision, provider,
                     " (its int8 model was not verified under OpenVINO)" if configured != choice else "")
-        return cls(tag=tag, manifest=manifest, session=session, provider=provider, precision=precision)
+        judged_on = warn_if_judged_on_other_int8_kernels(tag, folder) if precision == "int8" else None
+        return cls(tag=tag, manifest=manifest, session=session, provider=provider, precision=precision,
+                   int8_judged_on=judged_on)
 
     def __post_init__(self) -> None:
         limit = configured_runs_per_model()
@@ -222,6 +245,7 @@ class ServedModel:
             "task": self.manifest.task,
             "provider": self.provider,
             "precision": self.precision,
+            **({"int8_judged_on": self.int8_judged_on} if self.int8_judged_on else {}),
             "inputs": [spec.model_dump() for spec in self.manifest.inputs],
             "outputs": [spec.model_dump() for spec in self.manifest.outputs],
             "labels": self.manifest.labels,

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from pipelines.bench import cpu_features, machine_label
+from services.runtime import int8_kernels
 from tests.helpers import bentoml_server, free_port
 from tests.test_cli import assert_clean_failure, run_cli
 
@@ -161,13 +162,19 @@ def test_bench_of_a_missing_folder_or_an_unknown_model_fails_in_one_line(tmp_pat
         assert_clean_failure(completed, f"{target}: neither an artifact folder nor a model in the BentoML store")
 
 
-@pytest.mark.parametrize("flags, label", [
-    ("fpu sse4_2 avx2 avx512f avx512_vnni amx_bf16 amx_tile amx_int8", "amxint8"),
-    ("fpu sse4_2 fma avx2 sha_ni", "avx2"),
-    ("fpu sse4_2 avx2 avx512f avx512_vnni", "avx512vnni"),
+@pytest.mark.parametrize("flags, label, kernels", [
+    ("fpu sse4_2 avx2 avx512f avx512_vnni amx_bf16 amx_tile amx_int8", "amxint8", "amx"),
+    ("fpu sse4_2 fma avx2 sha_ni", "avx2", "no-vnni"),
+    ("fpu sse4_2 avx2 avx512f avx512_vnni", "avx512vnni", "vnni"),
+    ("fpu sse4_2 avx2 avx_vnni", "avxvnni", "vnni"),
+    ("fpu sse4_2 avx2 avx512f", "avx512f", "no-vnni"),
 ])
-def test_bench_logs_name_the_cpu_by_its_best_instruction_set(flags, label, tmp_path):
+def test_bench_logs_name_the_cpu_by_its_best_instruction_set(flags, label, kernels, tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n")
-    assert cpu_features(cpuinfo)[0] == "Some CPU"
+    model, features = cpu_features(cpuinfo)
+    assert model == "Some CPU"
     assert machine_label(cpuinfo).endswith(f"-{label}")
+    # what an int8 verdict depends on (16-bit sums that can saturate without VNNI)
+    assert int8_kernels(features, machine="x86_64") == kernels
+    assert int8_kernels(features, machine="aarch64") == "aarch64"

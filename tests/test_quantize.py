@@ -2,6 +2,7 @@
 int8 model is registered, and the services serve it where PIPELINES_PRECISION asks for it and say so."""
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -10,9 +11,9 @@ import numpy as np
 import pytest
 
 from export.quantize import QuantizationGate, gate_problems, judge_case, metric_loss
-from services.loading import model_file
+from services.loading import ServedModel, model_file
 from services.manifest import INT8_MODEL_FILE, MODEL_FILE, PARITY_FILE
-from services.runtime import CPU, OPENVINO, ProviderUnavailableError, create_session
+from services.runtime import CPU, OPENVINO, ProviderUnavailableError, create_session, this_machine
 from tests.helpers import bentoml_server
 from tests.test_cli import assert_clean_failure, run_cli
 
@@ -58,6 +59,31 @@ def test_quantize_writes_int8_and_records_the_gate_beside_fp32(quantized_unet):
     assert int8_size < fp32_size / 3  # int8 weights: a quarter of the bytes, plus scales
     report = (folder / "report.md").read_text()
     assert "## int8" in report and "served with PIPELINES_PROVIDER=openvino" in report
+    # the machine that judged it: the verdict is proof for CPUs with the same int8 kernels
+    here = this_machine()
+    assert section["judged_on"] == here
+    assert f"Judged on {here['cpu']}" in report and f"int8 kernels: {here['int8_kernels']}" in completed.stdout
+
+
+def test_serving_int8_judged_on_other_int8_kernels_warns_and_says_where_it_was_judged(quantized_unet, tmp_path,
+                                                                                      monkeypatch, caplog):
+    folder = copy_artifact(quantized_unet[0], tmp_path / "unet")
+    shutil.copy(quantized_unet[0] / INT8_MODEL_FILE, folder / INT8_MODEL_FILE)
+    monkeypatch.setenv("PIPELINES_PRECISION", "int8")
+    monkeypatch.setenv("PIPELINES_PROVIDER", "cpu")
+    with caplog.at_level(logging.WARNING, logger="bentoml.service"):
+        served = ServedModel.load("unet-int8:1", folder, "unet")
+    assert served.precision == "int8" and served.info()["int8_judged_on"] == this_machine()
+    assert not [record for record in caplog.records if "int8 verdict was judged on" in record.getMessage()]
+    parity = json.loads((folder / PARITY_FILE).read_text())
+    other = "no-vnni" if this_machine()["int8_kernels"] != "no-vnni" else "amx"
+    parity["int8"]["judged_on"] = {"cpu": "Another CPU", "features": [], "int8_kernels": other}
+    (folder / PARITY_FILE).write_text(json.dumps(parity))
+    with caplog.at_level(logging.WARNING, logger="bentoml.service"):
+        served = ServedModel.load("unet-int8:1", folder, "unet")
+    warning = next(record.getMessage() for record in caplog.records if "int8 verdict was judged on" in record.getMessage())
+    assert f"Another CPU (int8 kernels: {other})" in warning and "run `pipelines quantize` on this kind of machine" in warning
+    assert served.precision == "int8" and served.info()["int8_judged_on"]["cpu"] == "Another CPU"
 
 
 def producers_of_inputs(model_path: Path, op_type: str) -> list[str]:
