@@ -21,7 +21,7 @@ from export.manifest import build_manifest
 from export.onnx_export import export_onnx
 from export.parity import ParityReport, check_parity
 from export.quantize import (
-    OPENVINO_INT8, OtherRuntimeJudgement, QuantizationReport, gate_problems, interleaved_ms, judge_case, quantize_model,
+    OPENVINO_INT8, WEIGHT_BITS, OtherRuntimeJudgement, QuantizationReport, gate_problems, interleaved_ms, judge_case, quantize_model,
     session_run,
 )
 from export.report import write_int8_report, write_report
@@ -245,14 +245,13 @@ def quantize(source: ModelSource, calibration: Path | None = None, position: str
     scores = ", ".join(f"{name} {v['fp32']:.4f} -> {v['int8']:.4f}" for name, v in judged.metrics.items())
     click.echo(f"      agreement with fp32 {judged.argmax_agreement:.4f}" + (f"; {scores}" if scores else ""))
     machine = this_machine()
-    click.echo(f"      judged on {machine['cpu']} (int8 kernels: {machine['int8_kernels']}); the verdict is proof for "
-               "CPUs with the same int8 kernels")
+    click.echo(f"      judged on {machine['cpu']} (int8 kernels: {machine['int8_kernels']})")
     report = QuantizationReport(
         passed=not problems, method=gate.method, file=INT8_MODEL_FILE, sha256=file_sha256(target),
         calibration={"source": calibration_source}, gate=dataclasses.asdict(gate), judged=[judged],
         latency_ms=latency, speedup=speedup, problems=problems,
         openvino=judge_under_openvino(gate, case, sessions["fp32"], openvino, latency) if openvino else None,
-        judged_on=machine,
+        judged_on=machine, weight_bits=WEIGHT_BITS,
     )
     parity["int8"] = report.to_dict()
     (folder / PARITY_FILE).write_text(json.dumps(parity, indent=2) + "\n")

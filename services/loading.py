@@ -186,19 +186,29 @@ def passed_under_openvino(folder: Path) -> bool:
     return bool((int8_verdict(folder).get("openvino") or {}).get("passed"))
 
 
-def warn_if_judged_on_other_int8_kernels(tag: str, folder: Path) -> dict | None:
-    """The machine the int8 verdict was judged on; a warning in the log when this CPU's int8 kernels differ
-    from it (services.runtime.int8_kernels says why that matters). Verdicts from before it was recorded:
-    None, no warning."""
-    judged_on = int8_verdict(folder).get("judged_on")
+def warn_if_judged_on_other_int8_kernels(tag: str, folder: Path, provider_choice: str) -> dict | None:
+    """The machine the int8 verdict was judged on; a warning in the log where serving on this CPU may not
+    compute what was judged: under OpenVINO, on any other int8 kernels (services.runtime.int8_kernels); under
+    ONNX Runtime, only for files quantized with 8-bit weights (before `pipelines quantize` took 7), whose
+    sums can overflow on CPUs without VNNI. Verdicts from before the machine was recorded: None, no warning."""
+    verdict = int8_verdict(folder)
+    judged_on = verdict.get("judged_on")
     if not judged_on:
         return None
     here = this_machine()
-    if judged_on.get("int8_kernels") != here["int8_kernels"]:
-        logger.warning("model %s: its int8 verdict was judged on %s (int8 kernels: %s) and this CPU is %s (%s): "
-                       "int8 results can differ between them; run `pipelines quantize` on this kind of machine "
-                       "and register again to judge it here, or set PIPELINES_PRECISION=fp32",
-                       tag, judged_on.get("cpu"), judged_on.get("int8_kernels"), here["cpu"], here["int8_kernels"])
+    if judged_on.get("int8_kernels") == here["int8_kernels"]:
+        return judged_on
+    if provider_choice == "openvino":
+        why, instead = "OpenVINO's int8 and float kernels differ between them (bf16 on AMX)", "PIPELINES_PROVIDER=cpu"
+    elif verdict.get("weight_bits") != 7:
+        why, instead = ("its 8-bit weights can overflow 16-bit sums on CPUs without VNNI (quantized before "
+                        "`pipelines quantize` took 7-bit weights)"), "PIPELINES_PRECISION=fp32"
+    else:
+        return judged_on
+    logger.warning("model %s: its int8 verdict was judged on %s (int8 kernels: %s) and this CPU is %s (%s): %s; "
+                   "run `pipelines quantize` on this kind of machine and register again to judge it here, or set %s",
+                   tag, judged_on.get("cpu"), judged_on.get("int8_kernels"), here["cpu"], here["int8_kernels"], why,
+                   instead)
     return judged_on
 
 
@@ -227,7 +237,7 @@ class ServedModel:
         provider = session.get_providers()[0]
         logger.info("serving %s (%s) with %s%s", tag, precision, provider,
                     " (its int8 model was not verified under OpenVINO)" if configured != choice else "")
-        judged_on = warn_if_judged_on_other_int8_kernels(tag, folder) if precision == "int8" else None
+        judged_on = warn_if_judged_on_other_int8_kernels(tag, folder, choice) if precision == "int8" else None
         return cls(tag=tag, manifest=manifest, session=session, provider=provider, precision=precision,
                    int8_judged_on=judged_on)
 

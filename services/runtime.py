@@ -46,10 +46,10 @@ def cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, list[str]]
 
 
 def int8_kernels(features: list[str], machine: str | None = None) -> str:
-    """The kind of int8 arithmetic this CPU's kernels do, which an int8 verdict depends on: with AMX or VNNI
-    the u8 x s8 products accumulate in 32 bits; without them (AVX2, AVX-512F) ONNX Runtime's u8s8 kernels
-    add pairs of products in 16 bits, which can saturate, and OpenVINO on AMX runs float layers in bf16.
-    So an int8 model judged on one kind is not proven on another."""
+    """The kind of int8 arithmetic this CPU's kernels do: with AMX or VNNI the u8 x s8 products accumulate
+    in 32 bits; without them (AVX2, AVX-512F) ONNX Runtime's u8s8 kernels add pairs of products in 16 bits,
+    which 8-bit weights can overflow (`pipelines quantize` writes 7-bit ones), and OpenVINO on AMX runs
+    float layers in bf16. An int8 verdict records it (parity.json `int8.judged_on`)."""
     machine = machine or platform.machine()
     if machine.lower() not in ("x86_64", "amd64"):
         return machine

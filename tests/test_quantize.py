@@ -65,25 +65,54 @@ def test_quantize_writes_int8_and_records_the_gate_beside_fp32(quantized_unet):
     assert f"Judged on {here['cpu']}" in report and f"int8 kernels: {here['int8_kernels']}" in completed.stdout
 
 
-def test_serving_int8_judged_on_other_int8_kernels_warns_and_says_where_it_was_judged(quantized_unet, tmp_path,
-                                                                                      monkeypatch, caplog):
+def test_int8_weights_take_seven_bits_so_no_cpu_overflows_their_sums(quantized_unet):
+    import onnx
+    from onnx import numpy_helper
+
+    folder, _ = quantized_unet
+    assert json.loads((folder / PARITY_FILE).read_text())["int8"]["weight_bits"] == 7
+    model = onnx.load(str(folder / INT8_MODEL_FILE))
+    weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    conv_weights = [weights[node.input[0]] for node in model.graph.node
+                    if node.op_type == "DequantizeLinear" and weights.get(node.input[0]) is not None
+                    and weights[node.input[0]].dtype == np.int8 and weights[node.input[0]].ndim == 4]
+    assert conv_weights and max(int(np.abs(w.astype(np.int32)).max()) for w in conv_weights) <= 64
+
+
+def served_with(folder: Path, caplog) -> tuple[ServedModel, list[str]]:
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bentoml.service"):
+        served = ServedModel.load("unet-int8:1", folder, "unet")
+    return served, [r.getMessage() for r in caplog.records if "int8 verdict was judged on" in r.getMessage()]
+
+
+def test_serving_int8_says_where_it_was_judged_and_warns_only_where_results_can_differ(quantized_unet, tmp_path,
+                                                                                       monkeypatch, caplog):
     folder = copy_artifact(quantized_unet[0], tmp_path / "unet")
     shutil.copy(quantized_unet[0] / INT8_MODEL_FILE, folder / INT8_MODEL_FILE)
     monkeypatch.setenv("PIPELINES_PRECISION", "int8")
     monkeypatch.setenv("PIPELINES_PROVIDER", "cpu")
-    with caplog.at_level(logging.WARNING, logger="bentoml.service"):
-        served = ServedModel.load("unet-int8:1", folder, "unet")
-    assert served.precision == "int8" and served.info()["int8_judged_on"] == this_machine()
-    assert not [record for record in caplog.records if "int8 verdict was judged on" in record.getMessage()]
+    served, warnings = served_with(folder, caplog)
+    assert served.precision == "int8" and served.info()["int8_judged_on"] == this_machine() and not warnings
+
     parity = json.loads((folder / PARITY_FILE).read_text())
     other = "no-vnni" if this_machine()["int8_kernels"] != "no-vnni" else "amx"
     parity["int8"]["judged_on"] = {"cpu": "Another CPU", "features": [], "int8_kernels": other}
     (folder / PARITY_FILE).write_text(json.dumps(parity))
-    with caplog.at_level(logging.WARNING, logger="bentoml.service"):
-        served = ServedModel.load("unet-int8:1", folder, "unet")
-    warning = next(record.getMessage() for record in caplog.records if "int8 verdict was judged on" in record.getMessage())
-    assert f"Another CPU (int8 kernels: {other})" in warning and "run `pipelines quantize` on this kind of machine" in warning
-    assert served.precision == "int8" and served.info()["int8_judged_on"]["cpu"] == "Another CPU"
+    served, warnings = served_with(folder, caplog)  # 7-bit weights: ONNX Runtime computes the same here
+    assert served.info()["int8_judged_on"]["cpu"] == "Another CPU" and not warnings
+
+    monkeypatch.setenv("PIPELINES_PROVIDER", "openvino")
+    served, warnings = served_with(folder, caplog)
+    assert served.provider == OPENVINO and len(warnings) == 1
+    assert f"Another CPU (int8 kernels: {other})" in warnings[0] and "OpenVINO's int8 and float kernels" in warnings[0]
+
+    del parity["int8"]["weight_bits"]  # a file quantized with 8-bit weights, before they took 7
+    (folder / PARITY_FILE).write_text(json.dumps(parity))
+    monkeypatch.setenv("PIPELINES_PROVIDER", "cpu")
+    served, warnings = served_with(folder, caplog)
+    assert served.precision == "int8" and len(warnings) == 1
+    assert "8-bit weights can overflow" in warnings[0] and "run `pipelines quantize` on this kind of machine" in warnings[0]
 
 
 def producers_of_inputs(model_path: Path, op_type: str) -> list[str]:
