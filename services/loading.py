@@ -176,9 +176,10 @@ def int8_verdict(folder: Path) -> dict:
     import json
 
     try:
-        return json.loads((Path(folder) / PARITY_FILE).read_text()).get("int8") or {}
+        section = json.loads((Path(folder) / PARITY_FILE).read_text()).get("int8")
     except (OSError, ValueError, AttributeError):
         return {}
+    return section if isinstance(section, dict) else {}
 
 
 def passed_under_openvino(folder: Path) -> bool:
@@ -193,7 +194,7 @@ def warn_if_judged_on_other_int8_kernels(tag: str, folder: Path, provider_choice
     sums can overflow on CPUs without VNNI. Verdicts from before the machine was recorded: None, no warning."""
     verdict = int8_verdict(folder)
     judged_on = verdict.get("judged_on")
-    if not judged_on:
+    if not isinstance(judged_on, dict) or not judged_on:
         return None
     here = this_machine()
     if judged_on.get("int8_kernels") == here["int8_kernels"]:
