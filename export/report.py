@@ -125,11 +125,12 @@ def judged_on_line(quantized) -> str:
         return ""
     line = (f"Judged on {machine['cpu']} ({', '.join(machine['features']) or 'no int8 instructions'}; int8 "
             f"kernels: {machine['int8_kernels']}).")
-    if quantized.weight_bits == 7:
-        line += (" Weights take 7 bits, so ONNX Runtime computes the same int8 results on CPUs with other int8 "
-                 "kernels;")
-    return line + (" served on other int8 kernels (under OpenVINO: any other), the service warns at start; "
-                   "`pipelines quantize` there judges it there.")
+    if (quantized.weight_bits or 8) < 8:
+        return line + (f" Weights take {quantized.weight_bits} bits, so ONNX Runtime computes the same int8 on CPUs "
+                       "with other int8 kernels; OpenVINO's verdict holds for CPUs with the same int8 kernels (the "
+                       "service warns at start on others).")
+    return line + (" The verdict holds for CPUs with the same int8 kernels (the service warns at start on others); "
+                   "`pipelines quantize` on another kind of CPU judges it there.")
 
 
 def write_int8_report(folder: Path, quantized) -> Path:

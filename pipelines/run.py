@@ -21,8 +21,8 @@ from export.manifest import build_manifest
 from export.onnx_export import export_onnx
 from export.parity import ParityReport, check_parity
 from export.quantize import (
-    OPENVINO_INT8, WEIGHT_BITS, OtherRuntimeJudgement, QuantizationReport, gate_problems, interleaved_ms, judge_case, quantize_model,
-    session_run,
+    OPENVINO_INT8, WEIGHT_BITS, OtherRuntimeJudgement, QuantizationReport, gate_problems, interleaved_ms, judge_case,
+    quantize_model, session_run,
 )
 from export.report import write_int8_report, write_report
 from pipelines.artifact import ModelSource, load_model_source, read_record, write_trained
