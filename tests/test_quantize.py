@@ -175,6 +175,24 @@ def test_int8_is_registered_only_after_passing_and_served_where_asked(quantized_
             assert (info["precision"], info["provider"]) == (expected, runtime)
 
 
+def test_the_mlp_is_quantized_dynamically_and_kept_only_where_its_gate_says(tabular_run, tmp_path):
+    """Dynamic quantization (int8 weights, activations quantized per run) of the tabular MLP, judged by the
+    same gate; for a model this small int8 is often not faster, and the gate then refuses it in one line."""
+    _, result = tabular_run
+    folder = copy_artifact(result.output_dir, tmp_path / "tabular")
+    completed = run_cli("quantize", str(folder))
+    section = json.loads((folder / PARITY_FILE).read_text())["int8"]
+    assert section["method"] == "dynamic" and section["weight_bits"] == 7
+    assert "none (dynamic quantization" in section["calibration"]["source"]
+    assert section["judged"][0]["rows"] > 0 and set(section["latency_ms"]) >= {"batch 1", "batch 16"}
+    speedup_problem = [problem for problem in section["problems"] if "fp32's speed" in problem]
+    assert bool(speedup_problem) == (section["speedup"] < section["gate"]["min_speedup"])
+    if section["passed"]:
+        assert completed.returncode == 0, completed.stderr[-2000:]
+    else:
+        assert_clean_failure(completed, "int8 not kept")
+
+
 def test_a_bad_calibration_fails_the_gate_and_nothing_int8_is_registered(siamese_run, tmp_path):
     """Calibrated on black images, the activation ranges are wrong for real inputs: int8 agrees with fp32
     far less than with calibration on the training split, and the gate refuses it."""
