@@ -201,7 +201,7 @@ def warn_if_judged_on_other_int8_kernels(tag: str, folder: Path, provider_choice
         return judged_on
     if provider_choice == "openvino":
         why, instead = "OpenVINO's int8 and float kernels differ between them (bf16 on AMX)", "PIPELINES_PROVIDER=cpu"
-    elif (verdict.get("weight_bits") or 8) > 7:
+    elif not isinstance(verdict.get("weight_bits"), int) or verdict["weight_bits"] > 7:
         why, instead = ("its 8-bit weights can overflow 16-bit sums on CPUs without VNNI (quantized before "
                         "`pipelines quantize` took 7-bit weights)"), "PIPELINES_PRECISION=fp32"
     else:
