@@ -10,7 +10,9 @@ import bentoml
 import numpy as np
 import pytest
 
-from export.quantize import QuantizationGate, gate_problems, judge_case, metric_loss
+from export.quantize import (
+    JUDGED_ROWS_PER_RUN, QuantizationGate, gate_problems, judge_case, metric_loss, run_in_slices,
+)
 from services.loading import ServedModel, model_file
 from services.manifest import INT8_MODEL_FILE, MODEL_FILE, PARITY_FILE
 from services.runtime import CPU, OPENVINO, ProviderUnavailableError, create_session, this_machine
@@ -261,6 +263,34 @@ def test_gate_arithmetic():
     worse = CaseJudgement("valid", 100, 0.98, {"accuracy": {"fp32": 0.9, "int8": 0.88}}, 0.1)
     problems = gate_problems(gate, worse, speedup=1.1)
     assert len(problems) == 3 and "98.0%" in problems[0] and "2.00 points" in problems[1] and "1.10x" in problems[2]
+
+
+class RowCounter:
+    """A real session, counting the rows of each run."""
+
+    def __init__(self, session):
+        self.session, self.rows = session, []
+
+    def get_outputs(self):
+        return self.session.get_outputs()
+
+    def run(self, names, feeds):
+        self.rows.append(len(next(iter(feeds.values()))))
+        return self.session.run(names, feeds)
+
+
+def test_the_evaluation_set_is_judged_in_slices_so_memory_does_not_grow_with_it(unet_run):
+    _, result = unet_run
+    session = create_session(result.output_dir / MODEL_FILE)
+    images = np.random.default_rng(1).standard_normal((150, 3, 64, 96), dtype=np.float32)
+    output = session.get_outputs()[0].name
+    counted = RowCounter(session)
+    sliced = run_in_slices(counted, output, {"image": images})
+    assert counted.rows == [JUDGED_ROWS_PER_RUN, JUDGED_ROWS_PER_RUN, 150 - 2 * JUDGED_ROWS_PER_RUN]
+    np.testing.assert_allclose(sliced, session.run([output], {"image": images})[0], atol=1e-4)
+    fp32, int8 = RowCounter(session), RowCounter(session)
+    judged = judge_case("slices", {"image": images}, None, ("accuracy",), fp32, int8)
+    assert judged.rows == 150 and max(fp32.rows + int8.rows) == JUDGED_ROWS_PER_RUN
 
 
 def test_judging_compares_fp32_and_int8_sessions_on_the_same_rows(unet_run):
