@@ -211,26 +211,13 @@ def metric_loss(name: str, fp32: float, int8: float) -> float:
     return 100.0 * (fp32 - int8)
 
 
-# The evaluation set is judged in slices of this many rows: the 1,000 fine-food reviews (padded to the
-# longest) in one OpenVINO run grew the process past 24 GB and the OOM killer ended `pipelines quantize`.
-JUDGED_ROWS_PER_RUN = 64
-
-
-def run_in_slices(session, output: str, inputs: dict[str, np.ndarray], rows: int = JUDGED_ROWS_PER_RUN) -> np.ndarray:
-    """The session's output for every row of `inputs` (batch-first, as every task's model takes them), run
-    `rows` rows at a time so that memory does not grow with the size of the evaluation set."""
-    count = next(iter(inputs.values())).shape[0]
-    return np.concatenate([session.run([output], {name: value[start:start + rows] for name, value in inputs.items()})[0]
-                           for start in range(0, count, rows)])
-
-
 def judge_case(name: str, inputs: dict[str, np.ndarray], targets: np.ndarray | None, metrics: tuple[str, ...],
                fp32: ort.InferenceSession, int8: ort.InferenceSession) -> CaseJudgement:
-    from export.parity import CLASS_AXIS, task_metric
+    from export.parity import CLASS_AXIS, in_slices, session_output, task_metric
 
     output = fp32.get_outputs()[0].name
-    reference = run_in_slices(fp32, output, inputs)
-    quantized = run_in_slices(int8, output, inputs)
+    reference = in_slices(session_output(fp32, output), inputs)
+    quantized = in_slices(session_output(int8, output), inputs)
     reference_class, quantized_class = reference.argmax(CLASS_AXIS), quantized.argmax(CLASS_AXIS)
     scores = {}
     if targets is not None:

@@ -10,9 +10,8 @@ import bentoml
 import numpy as np
 import pytest
 
-from export.quantize import (
-    JUDGED_ROWS_PER_RUN, QuantizationGate, gate_problems, judge_case, metric_loss, run_in_slices,
-)
+from export.parity import ELEMENTS_PER_RUN, ROWS_PER_RUN, in_slices, session_output
+from export.quantize import QuantizationGate, gate_problems, judge_case, metric_loss
 from services.loading import ServedModel, model_file
 from services.manifest import INT8_MODEL_FILE, MODEL_FILE, PARITY_FILE
 from services.runtime import CPU, OPENVINO, ProviderUnavailableError, create_session, this_machine
@@ -279,18 +278,23 @@ class RowCounter:
         return self.session.run(names, feeds)
 
 
-def test_the_evaluation_set_is_judged_in_slices_so_memory_does_not_grow_with_it(unet_run):
+def test_cases_are_run_in_slices_so_memory_does_not_grow_with_the_validation_set(unet_run):
     _, result = unet_run
     session = create_session(result.output_dir / MODEL_FILE)
     images = np.random.default_rng(1).standard_normal((150, 3, 64, 96), dtype=np.float32)
     output = session.get_outputs()[0].name
     counted = RowCounter(session)
-    sliced = run_in_slices(counted, output, {"image": images})
-    assert counted.rows == [JUDGED_ROWS_PER_RUN, JUDGED_ROWS_PER_RUN, 150 - 2 * JUDGED_ROWS_PER_RUN]
+    sliced = in_slices(session_output(counted, output), {"image": images})
+    assert counted.rows == [ROWS_PER_RUN, ROWS_PER_RUN, 150 - 2 * ROWS_PER_RUN]
     np.testing.assert_allclose(sliced, session.run([output], {"image": images})[0], atol=1e-4)
     fp32, int8 = RowCounter(session), RowCounter(session)
     judged = judge_case("slices", {"image": images}, None, ("accuracy",), fp32, int8)
-    assert judged.rows == 150 and max(fp32.rows + int8.rows) == JUDGED_ROWS_PER_RUN
+    assert judged.rows == 150 and max(fp32.rows + int8.rows) == ROWS_PER_RUN
+    # large images: fewer rows a run, by input elements
+    large = np.zeros((20, 3, 720, 960), np.uint8)
+    rows = []
+    in_slices(lambda feeds: rows.append(len(feeds["image"])) or feeds["image"][:, :1, 0, 0], {"image": large})
+    assert sum(rows) == 20 and max(rows) == ELEMENTS_PER_RUN // (3 * 720 * 960) < ROWS_PER_RUN
 
 
 def test_judging_compares_fp32_and_int8_sessions_on_the_same_rows(unet_run):
