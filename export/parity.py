@@ -131,9 +131,9 @@ class ParityReport:
 
 
 # A case is run a slice of rows at a time, so that memory does not grow with the size of a user's
-# validation set: at most 64 rows and about 4M input elements a run (8 images of 720x960). Measured: the
-# 1,000 fine-food reviews padded to the longest, judged in one OpenVINO run, grew `pipelines quantize` past
-# 24 GB and the OOM killer ended it.
+# validation set: at most 64 rows and about 4M input elements a run (8 images of 360x480, 2 of 720x960).
+# Measured: the 1,000 fine-food reviews padded to the longest, judged in one OpenVINO run, grew
+# `pipelines quantize` past 24 GB and the OOM killer ended it.
 ROWS_PER_RUN = 64
 ELEMENTS_PER_RUN = 1 << 22
 
