@@ -12,7 +12,6 @@ On CPUs without VNNI (AVX2, AVX-512F) ONNX Runtime's u8s8 kernels add pairs of p
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import onnxruntime as ort
@@ -27,7 +26,8 @@ def main() -> None:
     from export.quantize import judge_case
     from pipelines.artifact import load_model_source
     from pipelines.bench import resolve_artifact, write_results
-    from services.manifest import INT8_MODEL_FILE, MODEL_FILE, PARITY_FILE
+    from services.loading import int8_verdict
+    from services.manifest import INT8_MODEL_FILE, MODEL_FILE
     from services.runtime import create_session, session_options, this_machine
 
     rows = []
@@ -35,7 +35,7 @@ def main() -> None:
         folder = resolve_artifact(artifact)
         if not (folder / INT8_MODEL_FILE).is_file():
             raise SystemExit(f"{folder} has no {INT8_MODEL_FILE}: run `pipelines quantize {folder}` first")
-        weight_bits = (json.loads((folder / PARITY_FILE).read_text()).get("int8") or {}).get("weight_bits") or 8
+        weight_bits = int8_verdict(folder).get("weight_bits") or 8
         source = load_model_source(folder)
         task = source.task
         case = task.evaluation_case(task.parity_cases(source.learn, source.data))

@@ -148,8 +148,10 @@ def in_slices(run: Callable[[dict[str, np.ndarray]], np.ndarray], inputs: dict[s
                            for start in range(0, count, rows)])
 
 
-def session_output(session, output: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
-    return lambda feeds: session.run([output], feeds)[0]
+def session_output(session, output: str | None = None) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """`feeds -> the output array` of an ONNX Runtime or OpenVINO session (its first output unless named)."""
+    name = output or session.get_outputs()[0].name
+    return lambda feeds: session.run([name], feeds)[0]
 
 
 def torch_logits(module: torch.nn.Module, case: ParityCase, config: OnnxConfig) -> np.ndarray:

@@ -267,11 +267,6 @@ def interleaved_ms(runs: dict[str, Callable[[dict[str, np.ndarray]], object]], i
     return samples
 
 
-def session_run(session: ort.InferenceSession) -> Callable[[dict[str, np.ndarray]], object]:
-    output = session.get_outputs()[0].name
-    return lambda inputs: session.run([output], inputs)
-
-
 def rows_of(inputs: dict[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
     """The first `count` rows of every input (repeating rows when there are fewer)."""
     first = next(iter(inputs.values()))

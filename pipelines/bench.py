@@ -150,23 +150,23 @@ def torch_runtime(name: str, module, names: list[str]) -> Runtime:
 
 
 def onnx_runtime(name: str, path: Path, threads: int) -> Runtime:
-    from export.quantize import session_run
+    from export.parity import session_output
     from services.runtime import create_session
 
-    return Runtime(name, session_run(create_session(path, provider="cpu", threads=threads)))
+    return Runtime(name, session_output(create_session(path, provider="cpu", threads=threads)))
 
 
 def openvino_runtime(path: Path, threads: int) -> Runtime | None:
     """OpenVINO's CPU runtime on the same ONNX file (bf16 on AMX by its default hint), as served with
     PIPELINES_PROVIDER=openvino; None where OpenVINO is not installed."""
-    from export.quantize import session_run
+    from export.parity import session_output
     from services.runtime import ProviderUnavailableError, create_session
 
     try:
         session = create_session(path, provider="openvino", threads=threads)
     except ProviderUnavailableError:
         return None
-    return Runtime(f"OpenVINO CPU ({session.inference_precision}) on {path.name}", session_run(session))
+    return Runtime(f"OpenVINO CPU ({session.inference_precision}) on {path.name}", session_output(session))
 
 
 def load_model_under_test(target: str, threads: int, openvino: bool) -> ModelUnderTest:

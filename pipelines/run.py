@@ -19,10 +19,10 @@ import click
 
 from export.manifest import build_manifest
 from export.onnx_export import export_onnx
-from export.parity import ParityReport, check_parity
+from export.parity import ParityReport, check_parity, session_output
 from export.quantize import (
     OPENVINO_INT8, WEIGHT_BITS, OtherRuntimeJudgement, QuantizationReport, gate_problems, interleaved_ms, judge_case,
-    quantize_model, session_run,
+    quantize_model,
 )
 from export.report import write_int8_report, write_report
 from pipelines.artifact import ModelSource, load_model_source, read_record, write_trained
@@ -232,7 +232,7 @@ def quantize(source: ModelSource, calibration: Path | None = None, position: str
     case = task.evaluation_case(task.parity_cases(learn, source.data))
     stage("quantize", f"judging int8 against fp32 on {case.name} ({source.data.source})", position)
     judged = judge_case(case.name, case.inputs, case.targets, case.metrics, sessions["fp32"], sessions["int8"])
-    runs = {precision: session_run(session) for precision, session in
+    runs = {precision: session_output(session) for precision, session in
             {**sessions, **({OPENVINO_INT8: openvino} if openvino else {})}.items()}
     latency = {label: {precision: statistics.median(values) for precision, values in interleaved_ms(runs, inputs).items()}
                for label, inputs in task.bench_inputs(case).items()}
