@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
-    from export.quantize import judge_case
+    from export.quantize import case_outputs, judge_case
     from pipelines.artifact import load_model_source
     from pipelines.bench import resolve_artifact, write_results
     from services.loading import int8_verdict
@@ -47,9 +47,9 @@ def main() -> None:
             "int8 exact": ort.InferenceSession(str(folder / INT8_MODEL_FILE), exact_options,
                                                providers=["CPUExecutionProvider"]),
         }
+        outputs = {name: case_outputs(session, case.inputs) for name, session in sessions.items()}
         for reference, compared in (("int8 exact", "int8 fused"), ("fp32", "int8 exact"), ("fp32", "int8 fused")):
-            judged = judge_case(case.name, case.inputs, case.targets, case.metrics, sessions[reference],
-                                sessions[compared])
+            judged = judge_case(case.name, outputs[reference], outputs[compared], case.targets, case.metrics)
             rows.append({"artifact": str(folder), "weight bits": weight_bits, "reference": reference,
                          "compared": compared, "rows": judged.rows, "argmax agreement": f"{judged.argmax_agreement:.4f}",
                          "max abs Δlogit": judged.logits_max_abs_error,

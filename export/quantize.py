@@ -2,8 +2,9 @@
 
 Quantization and its judgement are separate steps, like export and parity: `quantize_model` writes
 model.int8.onnx (static QDQ for convolutional models, calibrated on training inputs; dynamic for the
-LSTM and the MLP), `judge_case` runs fp32 and int8 side by side on the evaluation data and applies
-the gate the task declares. Sessions come from `services.runtime.create_session`, as served.
+LSTM and the MLP), `judge_case` compares int8's outputs with fp32's on the evaluation data (each run once,
+`case_outputs`) and `gate_problems` applies the gate the task declares. Sessions come from
+`services.runtime.create_session`, as served.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import Callable, Iterable, Literal
 
 import numpy as np
-import onnxruntime as ort
 
 from export.errors import ExportError
 from services.messages import message_line
@@ -211,23 +211,28 @@ def metric_loss(name: str, fp32: float, int8: float) -> float:
     return 100.0 * (fp32 - int8)
 
 
-def judge_case(name: str, inputs: dict[str, np.ndarray], targets: np.ndarray | None, metrics: tuple[str, ...],
-               fp32: ort.InferenceSession, int8: ort.InferenceSession) -> CaseJudgement:
-    from export.parity import CLASS_AXIS, in_slices, session_output, task_metric
+def judge_case(name: str, reference: np.ndarray, quantized: np.ndarray, targets: np.ndarray | None,
+               metrics: tuple[str, ...]) -> CaseJudgement:
+    """int8's outputs against fp32's on the same rows of an evaluation case (`case_outputs` of each)."""
+    from export.parity import CLASS_AXIS, task_metric
 
-    output = fp32.get_outputs()[0].name
-    reference = in_slices(session_output(fp32, output), inputs)
-    quantized = in_slices(session_output(int8, output), inputs)
     reference_class, quantized_class = reference.argmax(CLASS_AXIS), quantized.argmax(CLASS_AXIS)
     scores = {}
     if targets is not None:
         scores = {metric: {"fp32": task_metric(metric, reference, reference_class, targets),
                            "int8": task_metric(metric, quantized, quantized_class, targets)} for metric in metrics}
     return CaseJudgement(
-        name=name, rows=int(next(iter(inputs.values())).shape[0]),
+        name=name, rows=int(reference.shape[0]),
         argmax_agreement=float((reference_class == quantized_class).mean()),
         metrics=scores, logits_max_abs_error=float(np.abs(quantized - reference).max()),
     )
+
+
+def case_outputs(session, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """An ONNX Runtime or OpenVINO session's first output for every row of an evaluation case, run in slices."""
+    from export.parity import in_slices, session_output
+
+    return in_slices(session_output(session), inputs)
 
 
 def gate_problems(gate: QuantizationGate, judged: CaseJudgement, speedup: float) -> list[str]:

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
+import numpy as np
 
 from export.manifest import build_manifest
 from export.onnx_export import export_onnx
 from export.parity import ParityReport, check_parity, session_output
 from export.quantize import (
-    OPENVINO_INT8, WEIGHT_BITS, OtherRuntimeJudgement, QuantizationReport, gate_problems, interleaved_ms, judge_case,
-    quantize_model,
+    OPENVINO_INT8, WEIGHT_BITS, OtherRuntimeJudgement, QuantizationReport, case_outputs, gate_problems, interleaved_ms,
+    judge_case, quantize_model,
 )
 from export.report import write_int8_report, write_report
 from pipelines.artifact import ModelSource, load_model_source, read_record, write_trained
@@ -231,7 +232,8 @@ def quantize(source: ModelSource, calibration: Path | None = None, position: str
     openvino = openvino_session(target)
     case = task.evaluation_case(task.parity_cases(learn, source.data))
     stage("quantize", f"judging int8 against fp32 on {case.name} ({source.data.source})", position)
-    judged = judge_case(case.name, case.inputs, case.targets, case.metrics, sessions["fp32"], sessions["int8"])
+    reference = case_outputs(sessions["fp32"], case.inputs)
+    judged = judge_case(case.name, reference, case_outputs(sessions["int8"], case.inputs), case.targets, case.metrics)
     runs = {precision: session_output(session) for precision, session in
             {**sessions, **({OPENVINO_INT8: openvino} if openvino else {})}.items()}
     latency = {label: {precision: statistics.median(values) for precision, values in interleaved_ms(runs, inputs).items()}
@@ -250,7 +252,7 @@ def quantize(source: ModelSource, calibration: Path | None = None, position: str
         passed=not problems, method=gate.method, file=INT8_MODEL_FILE, sha256=file_sha256(target),
         calibration={"source": calibration_source}, gate=dataclasses.asdict(gate), judged=[judged],
         latency_ms=latency, speedup=speedup, problems=problems,
-        openvino=judge_under_openvino(gate, case, sessions["fp32"], openvino, latency) if openvino else None,
+        openvino=judge_under_openvino(gate, case, reference, openvino, latency) if openvino else None,
         judged_on=machine, weight_bits=WEIGHT_BITS,
     )
     parity["int8"] = report.to_dict()
@@ -277,9 +279,10 @@ def openvino_session(int8_file: Path):
     return None
 
 
-def judge_under_openvino(gate, case, fp32, openvino, latency: dict[str, dict[str, float]]) -> OtherRuntimeJudgement:
-    """The int8 file under OpenVINO, by the same gate against ONNX Runtime's fp32 on the same rows."""
-    judged = judge_case(case.name, case.inputs, case.targets, case.metrics, fp32, openvino)
+def judge_under_openvino(gate, case, reference: np.ndarray, openvino,
+                         latency: dict[str, dict[str, float]]) -> OtherRuntimeJudgement:
+    """The int8 file under OpenVINO, by the same gate against ONNX Runtime's fp32 outputs on the same rows."""
+    judged = judge_case(case.name, reference, case_outputs(openvino, case.inputs), case.targets, case.metrics)
     speedup = min(times["fp32"] / times[OPENVINO_INT8] for times in latency.values())
     over_int8 = min(times["int8"] / times[OPENVINO_INT8] for times in latency.values())
     problems = gate_problems(gate, judged, speedup)

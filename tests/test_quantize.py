@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from export.parity import ELEMENTS_PER_RUN, ROWS_PER_RUN, in_slices, session_output
-from export.quantize import QuantizationGate, gate_problems, judge_case, metric_loss
+from export.quantize import QuantizationGate, case_outputs, gate_problems, judge_case, metric_loss
 from services.loading import ServedModel, model_file
 from services.manifest import INT8_MODEL_FILE, MODEL_FILE, PARITY_FILE
 from services.runtime import CPU, OPENVINO, ProviderUnavailableError, create_session, this_machine
@@ -287,9 +287,8 @@ def test_cases_are_run_in_slices_so_memory_does_not_grow_with_the_validation_set
     sliced = in_slices(session_output(counted, output), {"image": images})
     assert counted.rows == [ROWS_PER_RUN, ROWS_PER_RUN, 150 - 2 * ROWS_PER_RUN]
     np.testing.assert_allclose(sliced, session.run([output], {"image": images})[0], atol=1e-4)
-    fp32, int8 = RowCounter(session), RowCounter(session)
-    judged = judge_case("slices", {"image": images}, None, ("accuracy",), fp32, int8)
-    assert judged.rows == 150 and max(fp32.rows + int8.rows) == ROWS_PER_RUN
+    counted = RowCounter(session)
+    assert len(case_outputs(counted, {"image": images})) == 150 and max(counted.rows) == ROWS_PER_RUN
     # large images: fewer rows a run, by input elements
     large = np.zeros((20, 3, 720, 960), np.uint8)
     rows = []
@@ -297,9 +296,16 @@ def test_cases_are_run_in_slices_so_memory_does_not_grow_with_the_validation_set
     assert sum(rows) == 20 and max(rows) == ELEMENTS_PER_RUN // (3 * 720 * 960) < ROWS_PER_RUN
 
 
-def test_judging_compares_fp32_and_int8_sessions_on_the_same_rows(unet_run):
+def test_judging_compares_fp32_and_int8_outputs_on_the_same_rows(unet_run):
     _, result = unet_run
     session = create_session(result.output_dir / MODEL_FILE)
     images = np.random.default_rng(0).standard_normal((2, 3, 64, 96), dtype=np.float32)
-    judged = judge_case("same model", {"image": images}, None, ("accuracy",), session, session)
+    outputs = case_outputs(session, {"image": images})
+    judged = judge_case("same model", outputs, outputs, None, ("accuracy",))
     assert judged.argmax_agreement == 1.0 and judged.logits_max_abs_error == 0.0 and judged.metrics == {}
+    targets = outputs.argmax(1)
+    flipped = outputs.copy()
+    flipped[0] = -flipped[0]
+    judged = judge_case("one image changed", outputs, flipped, targets, ("accuracy",))
+    assert 0.4 < judged.argmax_agreement < 0.6
+    assert judged.metrics["accuracy"]["fp32"] == 1.0 and judged.metrics["accuracy"]["int8"] == judged.argmax_agreement
