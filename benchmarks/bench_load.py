@@ -14,7 +14,7 @@ import argparse
 import itertools
 import sys
 
-from benchmarks.common import add_server_env_option, server_env
+from benchmarks.common import add_server_env_option, require_all_models_registered, run_main, server_env
 
 
 def main() -> None:
@@ -24,6 +24,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     add_server_env_option(parser)
     args = parser.parse_args()
+    require_all_models_registered()
 
     import httpx
 
@@ -58,4 +59,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

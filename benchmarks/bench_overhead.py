@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import add_server_env_option, server_env
+from benchmarks.common import add_server_env_option, require_all_models_registered, run_main, server_env
 
 
 def checked(call):
@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300)
     add_server_env_option(parser)
     args = parser.parse_args()
+    require_all_models_registered()
 
     import httpx
 
@@ -113,4 +114,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -20,6 +20,8 @@ import statistics
 import time
 from pathlib import Path
 
+from benchmarks.common import require_all_models_registered, run_main
+
 
 VARIANTS = {
     "one-service": ("services.pipelines:Pipelines", {}),
@@ -122,6 +124,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30, help="requests per endpoint for one client alone")
     parser.add_argument("--threads", type=int, default=0, help="PIPELINES_THREADS (0: ONNX Runtime decides)")
     args = parser.parse_args()
+    require_all_models_registered()
 
     from benchmarks.common import print_table
     from pipelines.bench import sweep
@@ -153,4 +156,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

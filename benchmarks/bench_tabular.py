@@ -12,7 +12,7 @@ import argparse
 import os
 from pathlib import Path
 
-from benchmarks.common import scratch_folder
+from benchmarks.common import run_main, scratch_folder
 
 
 def main() -> None:
@@ -79,4 +79,4 @@ def measure(args: argparse.Namespace, scratch: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import print_table, scratch_folder
+from benchmarks.common import print_table, run_main, scratch_folder
 from pipelines.bench import machine_line
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,4 +91,4 @@ def measure(args: argparse.Namespace, work: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

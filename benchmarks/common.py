@@ -68,6 +68,42 @@ def serving_env(threads: int) -> dict[str, str]:
     return {"PIPELINES_PROVIDER": "cpu", "PIPELINES_THREADS": str(threads), "PIPELINES_PRECISION": "fp32"}
 
 
+def run_main(main) -> None:
+    """A benchmark's `main`, where a problem with what it was asked to measure (a missing folder, no model in
+    the store) ends it with one line and a non-zero exit, not a traceback."""
+    from export.errors import ExportError
+    from pipelines.errors import PipelineError
+
+    try:
+        main()
+    except (PipelineError, ExportError) as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def require_all_models_registered() -> None:
+    """The all-models Bento serves every task: stop before starting it (which would wait for a server
+    that cannot start) when the store lacks one of its models."""
+    import os
+
+    import bentoml
+
+    from pipelines.errors import PipelineError
+    from services.loading import model_tag
+    from services.registry import SERVED_TASKS
+
+    missing = []
+    for task in SERVED_TASKS:
+        try:
+            bentoml.models.get(model_tag(task))
+        except bentoml.exceptions.NotFound:
+            missing.append(model_tag(task))
+    if missing:
+        raise PipelineError(f"the BentoML store at {os.environ.get('BENTOML_HOME', '~/bentoml')} lacks "
+                            f"{', '.join(missing)}; the all-models Bento serves every task: register them "
+                            "(`pipelines train-and-export TASK`, or `pipelines register ARTIFACT`) or set BENTOML_HOME "
+                            "to a store that has them")
+
+
 def model_arguments(description: str, task: str):
     """The options every model benchmark takes, and the artifact folder to measure: --artifact, else the
     registered `<task>:latest` (whose manifest points at the run's folder for the fastai weights)."""
@@ -78,8 +114,16 @@ def model_arguments(description: str, task: str):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
+    from pipelines.errors import PipelineError
+
     if args.artifact is None:
         import bentoml
 
-        args.artifact = Path(bentoml.models.get(f"{task}:latest").path)
+        try:
+            args.artifact = Path(bentoml.models.get(f"{task}:latest").path)
+        except bentoml.exceptions.NotFound:
+            raise PipelineError(f"no {task} model in the BentoML store: register one "
+                                f"(`pipelines train-and-export {task}`) or pass --artifact FOLDER") from None
+    elif not args.artifact.is_dir():
+        raise PipelineError(f"--artifact {args.artifact}: no such folder")
     return args

@@ -16,6 +16,8 @@ import sys
 
 import onnxruntime as ort
 
+from benchmarks.common import run_main
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -63,4 +65,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

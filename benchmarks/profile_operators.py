@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from benchmarks.common import run_main
+
 
 def operator_ms(model: Path, inputs: dict[str, np.ndarray], threads: int, runs: int) -> Counter:
     """Milliseconds per call by operator type, over the last `runs` of `runs + 3` calls."""
@@ -76,4 +78,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
