@@ -204,17 +204,23 @@ class QuantizationGateFailed(PipelineError):
     """int8 lost more than the task's gate allows (or was not faster); fp32 stays what is served."""
 
 
+CANDIDATE_INT8_FILE = "model.int8.candidate.onnx"  # judged before it may replace model.int8.onnx
+
+
 def quantize(source: ModelSource, calibration: Path | None = None, position: str = "") -> QuantizationReport:
     """model.int8.onnx beside the verified model.onnx, judged against fp32 by the task's gate on the
     evaluation data (the validation set, or the learner's sample); the judgement goes into parity.json
-    (section "int8") and the report. Raises QuantizationGateFailed when the gate is not met."""
-    from export.store import check_verified
+    (section "int8") and the report. Raises QuantizationGateFailed when the gate is not met. An int8 model
+    that passed before is never replaced by one that fails: it stays, and the refused one's judgement is
+    kept in parity.json as "int8_refused"."""
+    from export.store import check_verified, int8_passed
 
     task, learn, folder = source.task, source.learn, source.folder
     gate = task.quantization_gate
     if gate is None:
         raise PipelineError(f"the {task.name} task has no int8 recipe")
     parity = check_verified(folder)
+    passed_before = int8_passed(folder, parity)
     stage("quantize", f"int8 ({gate.method} quantization) of {folder / MODEL_FILE}", position)
     calibration_batches, calibration_source = None, "none (dynamic quantization: activations are quantized per run)"
     if gate.method == "static":
@@ -223,14 +229,39 @@ def quantize(source: ModelSource, calibration: Path | None = None, position: str
         rows = sum(len(next(iter(batch.values()))) for batch in calibration_batches)
         calibration_source = f"{rows} inputs from {calibration_source}"
         click.echo(f"      calibrating activation ranges on {calibration_source}")
-    target = folder / INT8_MODEL_FILE
-    quantize_model(folder / MODEL_FILE, target, gate.method, calibration_batches, progress=click.echo)
-    click.echo(f"      wrote {target} ({target.stat().st_size / 1e6:.1f} MB; fp32 "
-               f"{(folder / MODEL_FILE).stat().st_size / 1e6:.1f} MB)")
+    candidate, target = folder / CANDIDATE_INT8_FILE, folder / INT8_MODEL_FILE
+    try:
+        quantize_model(folder / MODEL_FILE, candidate, gate.method, calibration_batches, progress=click.echo)
+        click.echo(f"      wrote {candidate} ({candidate.stat().st_size / 1e6:.1f} MB; fp32 "
+                   f"{(folder / MODEL_FILE).stat().st_size / 1e6:.1f} MB)")
+        report = judge_int8(source, gate, candidate, calibration_source, position)
+        if report.passed or not passed_before:
+            os.replace(candidate, target)
+            parity.pop("int8_refused", None)
+            parity["int8"] = report.to_dict()
+            write_int8_report(folder, report)
+        else:
+            parity["int8_refused"] = report.to_dict()
+        (folder / PARITY_FILE).write_text(json.dumps(parity, indent=2) + "\n")
+    finally:
+        candidate.unlink(missing_ok=True)
+    if not report.passed:
+        kept = (f"the int8 model that passed before stays in {target}" if passed_before else
+                "fp32 stays what is registered and served")
+        raise QuantizationGateFailed(f"int8 not kept for {folder}: it " + "; ".join(report.problems) + f". {kept}")
+    click.secho(f"      int8 passed the {task.name} gate ({report.speedup:.2f}x fp32); register carries both files",
+                fg="green")
+    return report
+
+
+def judge_int8(source: ModelSource, gate, int8_file: Path, calibration_source: str, position: str) -> QuantizationReport:
+    """The int8 file against the verified fp32 model by the task's gate: agreement and metrics on the
+    evaluation data, speed on the task's bench inputs, under ONNX Runtime and (where installed) OpenVINO."""
+    task, folder = source.task, source.folder
     sessions = {precision: create_session(path, provider="cpu")
-                for precision, path in (("fp32", folder / MODEL_FILE), ("int8", target))}
-    openvino = openvino_session(target)
-    case = task.evaluation_case(task.parity_cases(learn, source.data))
+                for precision, path in (("fp32", folder / MODEL_FILE), ("int8", int8_file))}
+    openvino = openvino_session(int8_file)
+    case = task.evaluation_case(task.parity_cases(source.learn, source.data))
     stage("quantize", f"judging int8 against fp32 on {case.name} ({source.data.source})", position)
     reference = case_outputs(sessions["fp32"], case.inputs)
     judged = judge_case(case.name, reference, case_outputs(sessions["int8"], case.inputs), case.targets, case.metrics)
@@ -248,22 +279,13 @@ def quantize(source: ModelSource, calibration: Path | None = None, position: str
     click.echo(f"      agreement with fp32 {judged.argmax_agreement:.4f}" + (f"; {scores}" if scores else ""))
     machine = this_machine()
     click.echo(f"      judged on {machine['cpu']} (int8 kernels: {machine['int8_kernels']})")
-    report = QuantizationReport(
-        passed=not problems, method=gate.method, file=INT8_MODEL_FILE, sha256=file_sha256(target),
+    return QuantizationReport(
+        passed=not problems, method=gate.method, file=INT8_MODEL_FILE, sha256=file_sha256(int8_file),
         calibration={"source": calibration_source}, gate=dataclasses.asdict(gate), judged=[judged],
         latency_ms=latency, speedup=speedup, problems=problems,
         openvino=judge_under_openvino(gate, case, reference, openvino, latency) if openvino else None,
         judged_on=machine, weight_bits=WEIGHT_BITS,
     )
-    parity["int8"] = report.to_dict()
-    (folder / PARITY_FILE).write_text(json.dumps(parity, indent=2) + "\n")
-    write_int8_report(folder, report)
-    if problems:
-        raise QuantizationGateFailed(f"int8 not kept for {folder}: it " + "; ".join(problems) +
-                                     ". fp32 stays what is registered and served")
-    click.secho(f"      int8 passed the {task.name} gate ({speedup:.2f}x fp32); register carries both files",
-                fg="green")
-    return report
 
 
 def openvino_session(int8_file: Path):

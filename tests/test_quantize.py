@@ -221,6 +221,40 @@ def test_a_bad_calibration_fails_the_gate_and_nothing_int8_is_registered(siamese
     assert stored.info.labels["precision"] == "fp32"
 
 
+def test_an_int8_model_that_passed_is_never_replaced_by_one_that_fails_or_errors(quantized_unet, tmp_path,
+                                                                                  monkeypatch):
+    """Quantizing again (another calibration, a newer CPU) judges a candidate file first: one the gate refuses
+    is recorded as "int8_refused" and the int8 model that passed stays, as does everything on an error."""
+    import dataclasses
+
+    from pipelines.run import QuantizationGateFailed, quantize_artifact
+    from pipelines.tasks.unet import UnetTask
+
+    folder = tmp_path / "unet"
+    shutil.copytree(quantized_unet[0], folder)
+    parity_before = json.loads((folder / PARITY_FILE).read_text())
+    int8_bytes, report_before = (folder / INT8_MODEL_FILE).read_bytes(), (folder / "report.md").read_text()
+    assert parity_before["int8"]["passed"]
+    # a gate no int8 model meets: it must be 1000x faster than fp32
+    monkeypatch.setattr(UnetTask, "quantization_gate", dataclasses.replace(UnetTask.quantization_gate, min_speedup=1000))
+    with pytest.raises(QuantizationGateFailed, match="the int8 model that passed before stays"):
+        quantize_artifact(folder)
+    parity = json.loads((folder / PARITY_FILE).read_text())
+    assert parity["int8"] == parity_before["int8"] and (folder / INT8_MODEL_FILE).read_bytes() == int8_bytes
+    assert not parity["int8_refused"]["passed"]
+    assert any("fp32's speed" in problem for problem in parity["int8_refused"]["problems"])
+    assert (folder / "report.md").read_text() == report_before
+    assert not list(folder.glob("*candidate*"))
+
+    not_an_image = tmp_path / "calibration"
+    not_an_image.mkdir()
+    (not_an_image / "scene.png").write_text("not a PNG")
+    completed = run_cli("quantize", str(folder), "--calibration", str(not_an_image))
+    assert_clean_failure(completed)
+    assert (folder / INT8_MODEL_FILE).read_bytes() == int8_bytes and not list(folder.glob("*candidate*"))
+    assert json.loads((folder / PARITY_FILE).read_text())["int8"] == parity_before["int8"]
+
+
 def test_quantize_refuses_an_unverified_model(unet_run, tmp_path):
     _, result = unet_run
     folder = copy_artifact(result.output_dir, tmp_path / "unet")
