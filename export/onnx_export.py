@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -64,17 +66,22 @@ def export_onnx(
     path = Path(path)
     order = [config.exporter, *(e for e in EXPORTERS if e != config.exporter)]
     failures = []
-    for exporter in order:
-        try:
-            _run_exporter(exporter, module, example_inputs, config, path)
-        except Exception as error:  # torch.onnx raises many types across releases
-            reason = _summary(error)
-            failures.append(f"{exporter}: {reason}")
-            progress(f"      the {exporter} exporter failed ({reason})")
-            path.unlink(missing_ok=True)
-            continue
-        check_onnx_file(path, config)
-        return exporter
+    # Written and checked in a folder of its own, then moved over `path`: an export that fails leaves the
+    # file already there (a verified model.onnx, say) as it was.
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as staging:
+        staged = Path(staging) / path.name
+        for exporter in order:
+            try:
+                _run_exporter(exporter, module, example_inputs, config, staged)
+            except Exception as error:  # torch.onnx raises many types across releases
+                reason = _summary(error)
+                failures.append(f"{exporter}: {reason}")
+                progress(f"      the {exporter} exporter failed ({reason})")
+                staged.unlink(missing_ok=True)
+                continue
+            check_onnx_file(staged, config)
+            os.replace(staged, path)
+            return exporter
     custom = custom_module_names(module)
     hint = f". Modules from outside torch and fastai in the model, the likely cause: {', '.join(custom)}" if custom else ""
     raise OnnxExportFailedError("no exporter could convert the model: " + "; ".join(failures) + hint)

@@ -123,3 +123,24 @@ def test_torchscript_exporter_fallback_also_passes_parity(siamese_run, tmp_path)
     report = check_parity("siamese", module, create_session(path, "cpu"), config, cases)
     assert report.passed, report.failures()
     assert report.cases[-1].input_shapes["image_a"] == [3, 3, 72, 88]
+
+
+def test_an_export_that_fails_leaves_the_model_already_there_untouched(tmp_path):
+    """Exporting again over a verified model.onnx (after a torch upgrade, say): when no exporter can convert
+    the module, the file already there stays byte for byte, and no staging files are left behind."""
+    import torch
+
+    from export.errors import OnnxExportFailedError
+    from pipelines.tasks.siamese import SiameseTask
+
+    class Unexportable(torch.nn.Module):  # singular values have no ONNX operator
+        def forward(self, image_a, image_b):
+            return torch.linalg.svdvals(image_a[:, 0] - image_b[:, 0])[:, :2]
+
+    path = tmp_path / MODEL_FILE
+    path.write_bytes(b"the verified model")
+    example = (torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))
+    with pytest.raises(OnnxExportFailedError, match="no exporter could convert"):
+        export_onnx(Unexportable(), example, SiameseTask.onnx_config, path)
+    assert path.read_bytes() == b"the verified model"
+    assert sorted(item.name for item in tmp_path.iterdir()) == [MODEL_FILE]
