@@ -1,6 +1,9 @@
 """Serving overhead per endpoint: HTTP p50 (one sequential client on loopback) minus the in-process p50 of
 the same handler call on the same input (decode, preprocessing and ONNX Runtime included), next to the
-p50 of BentoML's do-nothing endpoint served the same way (the floor), all three timed in alternating rounds.
+p50 of BentoML's do-nothing endpoint served the same way (the floor), all three timed in alternating rounds;
+and next to the same-time floor: an echo endpoint of the same shape (JSON, one file or two) that works on the
+CPU for as long as the endpoint's in-process call takes, so that what serving charges any endpoint for the
+time it spends working (idle cores waking, on these VMs) is not counted as ours.
 
     python -m benchmarks.bench_overhead [--requests 300] [--env KEY=VALUE ...]
 
@@ -51,6 +54,34 @@ def in_process_calls(scratch: Path) -> dict:
     }
 
 
+def same_time_floor(route: str, echo_http, files: dict, busy_ms: float):
+    """The echo request shaped like `route`'s (JSON, one file or two) whose handler works for `busy_ms`."""
+    if route == "/siamese/predict":
+        return lambda: echo_http.post("/echo_uploads_busy", files=files, data={"busy_ms": busy_ms})
+    if route in ("/unet/segment", "/classifier/predict"):
+        return lambda: echo_http.post("/echo_upload_busy", files={"image": files["image_a"]}, data={"busy_ms": busy_ms})
+    return lambda: echo_http.post("/echo_busy", json={"x": 1, "busy_ms": busy_ms})
+
+
+def same_time_pair(in_process_call, floor_call):
+    """The in-process call, recording how long it takes, and the same-time floor's call, which works for the
+    median of the in-process call's last 25 times (so both follow the machine through the run); and the
+    work times the floor was asked for."""
+    recent, asked = [], []
+
+    def in_process(_inputs=None):
+        begin = time.perf_counter()
+        result = in_process_call()
+        recent.append((time.perf_counter() - begin) * 1000)
+        return result
+
+    def floor():
+        asked.append(statistics.median(recent[-25:]))
+        return floor_call(asked[-1])
+
+    return in_process, checked(floor), asked
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300)
@@ -97,15 +128,26 @@ def main() -> None:
                 lambda: echo_http.post("/mounted/siamese/predict", files=files), local["/siamese/predict"]),
         }
         for route, (over_http_call, in_process_call) in served.items():
-            samples = interleaved_ms({
+            runs = {
                 "echo": checked(lambda: echo_http.post("/echo", json={"x": 1})),
                 "http": checked(over_http_call),
                 "in-process": checked(in_process_call),
-            }, None, rounds=rounds, repeats=repeats)
+            }
+            matched = route in local  # the endpoints, not the floors: their same-time floor too
+            if matched:
+                runs["in-process"], runs["same-time floor"], work_ms = same_time_pair(
+                    runs["in-process"], lambda busy_ms, route=route: same_time_floor(route, echo_http, files, busy_ms)())
+            samples = interleaved_ms(runs, None, rounds=rounds, repeats=repeats)
             echo, over_http, alone = (statistics.median(samples[name]) for name in ("echo", "http", "in-process"))
-            rows.append({"endpoint": route, "HTTP p50 ms": over_http, "in-process p50 ms": alone,
-                         "overhead ms": over_http - alone, "echo p50 ms": echo,
-                         "overhead above echo ms": over_http - alone - echo})
+            row = {"endpoint": route, "HTTP p50 ms": over_http, "in-process p50 ms": alone,
+                   "overhead ms": over_http - alone, "echo p50 ms": echo,
+                   "overhead above echo ms": over_http - alone - echo,
+                   "same-time floor: work ms": "-", "its overhead ms": "-", "overhead above it ms": "-"}
+            if matched:
+                floor_overhead = statistics.median(samples["same-time floor"]) - statistics.median(work_ms)
+                row |= {"same-time floor: work ms": statistics.median(work_ms), "its overhead ms": floor_overhead,
+                        "overhead above it ms": over_http - alone - floor_overhead}
+            rows.append(row)
     title = (f"Serving overhead, one sequential client on loopback, {rounds * repeats} requests each, "
              f"interleaved with the echo endpoint and the in-process call "
              f"(server env: {env})")

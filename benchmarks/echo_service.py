@@ -6,7 +6,10 @@ route would take the file endpoints. The `..._after_wait` variants read the file
 any endpoint that takes a few milliseconds pays beyond the echo and its own work on this machine, with no
 work of ours at all (cores that go idle while a request waits are slower to wake)."""
 
+import hashlib
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import bentoml
@@ -43,6 +46,28 @@ async def mounted_siamese_predict(request) -> JSONResponse:
 WAIT_S = 0.005
 
 
+BLOCK = bytes(32 * 1024)
+HELPER_COUNT = max(1, (os.cpu_count() or 1) - 1)
+HELPERS = ThreadPoolExecutor(HELPER_COUNT, thread_name_prefix="busy-helper")
+
+
+def hash_until(end: float) -> None:
+    while time.perf_counter() < end:
+        hashlib.sha256(BLOCK)
+
+
+def busy(milliseconds: float) -> None:
+    """Work on every core for that long without holding the GIL, as a model's run in ONNX Runtime does: the
+    request's thread and one helper per other core (ONNX Runtime's intra-op threads; a sleeping thread
+    would let its core go idle, a Python loop would hold the GIL). hashlib lets the GIL go while it hashes
+    blocks of this size."""
+    end = time.perf_counter() + milliseconds / 1000
+    helpers = [HELPERS.submit(hash_until, end) for _ in range(HELPER_COUNT)]
+    hash_until(end)
+    for helper in helpers:
+        helper.result()
+
+
 async def mounted_echo_files_after_wait(request) -> JSONResponse:
     await run_in_threadpool(time.sleep, WAIT_S)
     return await mounted_echo_files(request)
@@ -77,4 +102,23 @@ class Echo:
     @bentoml.api
     def echo_uploads_after_wait(self, image_a: UploadedFile, image_b: UploadedFile) -> int:
         time.sleep(WAIT_S)
+        return len(image_a.read_bytes()) + len(image_b.read_bytes())
+
+    @bentoml.api
+    def echo_busy(self, x: int, busy_ms: float) -> int:
+        """The JSON echo after `busy_ms` of work in the request's thread: the floor of an endpoint whose
+        handler takes that long, with nothing of ours in it."""
+        busy(busy_ms)
+        return x
+
+    @bentoml.api
+    def echo_upload_busy(self, image: UploadedFile, busy_ms: float) -> int:
+        """The same for one uploaded file (as the U-Net and classifier endpoints take)."""
+        busy(busy_ms)
+        return len(image.read_bytes())
+
+    @bentoml.api
+    def echo_uploads_busy(self, image_a: UploadedFile, image_b: UploadedFile, busy_ms: float) -> int:
+        """The same for two uploaded files (as the Siamese endpoint takes)."""
+        busy(busy_ms)
         return len(image_a.read_bytes()) + len(image_b.read_bytes())
