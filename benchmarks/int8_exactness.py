@@ -25,7 +25,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
-    from export.quantize import case_outputs, judge_case
+    from export.parity import case_outputs
+    from export.quantize import judge_case
     from pipelines.artifact import load_model_source
     from pipelines.bench import resolve_artifact, write_results
     from services.loading import int8_verdict

@@ -154,6 +154,12 @@ def session_output(session, output: str | None = None) -> Callable[[dict[str, np
     return lambda feeds: session.run([name], feeds)[0]
 
 
+def case_outputs(session, inputs: dict[str, np.ndarray], output: str | None = None) -> np.ndarray:
+    """An ONNX Runtime or OpenVINO session's output (its first unless named) for every row of a case, run in
+    slices."""
+    return in_slices(session_output(session, output), inputs)
+
+
 def torch_logits(module: torch.nn.Module, case: ParityCase, config: OnnxConfig) -> np.ndarray:
     module = module.eval().cpu()
 
@@ -248,7 +254,7 @@ def check_parity(
     for case in cases:
         expected = case.expected if case.expected is not None else torch_logits(module, case, config)
         feeds = {name: np.ascontiguousarray(case.inputs[name]) for name in config.input_names}
-        actual = in_slices(session_output(session, config.output_names[0]), feeds)
+        actual = case_outputs(session, feeds, config.output_names[0])
         result = compare_case(case, expected, actual, config.tolerance)
         progress(
             f"  parity {case.name:<28} max|Δlogit|={result.logits_max_abs_error:.2e} "

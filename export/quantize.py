@@ -3,7 +3,7 @@
 Quantization and its judgement are separate steps, like export and parity: `quantize_model` writes
 model.int8.onnx (static QDQ for convolutional models, calibrated on training inputs; dynamic for the
 LSTM and the MLP), `judge_case` compares int8's outputs with fp32's on the evaluation data (each run once,
-`case_outputs`) and `gate_problems` applies the gate the task declares. Sessions come from
+`export.parity.case_outputs`) and `gate_problems` applies the gate the task declares. Sessions come from
 `services.runtime.create_session`, as served.
 """
 
@@ -226,13 +226,6 @@ def judge_case(name: str, reference: np.ndarray, quantized: np.ndarray, targets:
         argmax_agreement=float((reference_class == quantized_class).mean()),
         metrics=scores, logits_max_abs_error=float(np.abs(quantized - reference).max()),
     )
-
-
-def case_outputs(session, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    """An ONNX Runtime or OpenVINO session's first output for every row of an evaluation case, run in slices."""
-    from export.parity import in_slices, session_output
-
-    return in_slices(session_output(session), inputs)
 
 
 def gate_problems(gate: QuantizationGate, judged: CaseJudgement, speedup: float) -> list[str]:

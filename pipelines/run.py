@@ -20,10 +20,10 @@ import numpy as np
 
 from export.manifest import build_manifest
 from export.onnx_export import export_onnx
-from export.parity import ParityReport, check_parity, session_output
+from export.parity import ParityReport, case_outputs, check_parity, session_output
 from export.quantize import (
-    OPENVINO_INT8, WEIGHT_BITS, OtherRuntimeJudgement, QuantizationReport, case_outputs, gate_problems, interleaved_ms,
-    judge_case, quantize_model,
+    OPENVINO_INT8, WEIGHT_BITS, OtherRuntimeJudgement, QuantizationReport, gate_problems, interleaved_ms, judge_case,
+    quantize_model,
 )
 from export.report import write_int8_report, write_report
 from pipelines.artifact import ModelSource, load_model_source, read_record, write_trained

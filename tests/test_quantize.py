@@ -10,8 +10,8 @@ import bentoml
 import numpy as np
 import pytest
 
-from export.parity import ELEMENTS_PER_RUN, ROWS_PER_RUN, in_slices, session_output
-from export.quantize import QuantizationGate, case_outputs, gate_problems, judge_case, metric_loss
+from export.parity import ELEMENTS_PER_RUN, ROWS_PER_RUN, case_outputs, in_slices, session_output
+from export.quantize import QuantizationGate, gate_problems, judge_case, metric_loss
 from services.loading import ServedModel, model_file
 from services.manifest import INT8_MODEL_FILE, MODEL_FILE, PARITY_FILE
 from services.runtime import CPU, OPENVINO, ProviderUnavailableError, create_session, this_machine
