@@ -229,6 +229,9 @@ def quantize(source: ModelSource, calibration: Path | None = None, position: str
         rows = sum(len(next(iter(batch.values()))) for batch in calibration_batches)
         calibration_source = f"{rows} inputs from {calibration_source}"
         click.echo(f"      calibrating activation ranges on {calibration_source}")
+    elif calibration is not None:
+        click.echo(f"      --calibration {calibration} is not used: the {task.name} task's int8 is dynamic (activation "
+                   "ranges are taken per run)")
     candidate, target = folder / CANDIDATE_INT8_FILE, folder / INT8_MODEL_FILE
     try:
         quantize_model(folder / MODEL_FILE, candidate, gate.method, calibration_batches, progress=click.echo)

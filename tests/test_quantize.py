@@ -181,7 +181,8 @@ def test_the_mlp_is_quantized_dynamically_and_kept_only_where_its_gate_says(tabu
     same gate; for a model this small int8 is often not faster, and the gate then refuses it in one line."""
     _, result = tabular_run
     folder = copy_artifact(result.output_dir, tmp_path / "tabular")
-    completed = run_cli("quantize", str(folder))
+    completed = run_cli("quantize", str(folder), "--calibration", str(folder))
+    assert f"--calibration {folder} is not used: the tabular task's int8 is dynamic" in completed.stdout
     section = json.loads((folder / PARITY_FILE).read_text())["int8"]
     assert section["method"] == "dynamic" and section["weight_bits"] == 7
     assert "none (dynamic quantization" in section["calibration"]["source"]
@@ -253,6 +254,10 @@ def test_an_int8_model_that_passed_is_never_replaced_by_one_that_fails_or_errors
     assert_clean_failure(completed)
     assert (folder / INT8_MODEL_FILE).read_bytes() == int8_bytes and not list(folder.glob("*candidate*"))
     assert json.loads((folder / PARITY_FILE).read_text())["int8"] == parity_before["int8"]
+    missing = tmp_path / "no-such-folder"
+    completed = run_cli("quantize", str(folder), "--calibration", str(missing))
+    assert_clean_failure(completed, f"--calibration {missing}: expected a folder of images")
+    assert (folder / INT8_MODEL_FILE).read_bytes() == int8_bytes
 
 
 def test_quantize_refuses_an_unverified_model(unet_run, tmp_path):

@@ -293,7 +293,13 @@ class Task(ABC):
         in the `--sample` format (a learner brought without its training data)."""
         names = self.onnx_config.input_names
         if path is not None:
-            case = self.evaluation_case(self.parity_cases(learn, self.sample_data(learn, Path(path))))
+            try:
+                data = self.sample_data(learn, Path(path))
+            except PipelineError as error:  # the sample reader's messages name --sample, the option read
+                message = str(error)
+                raise PipelineError(message.replace("--sample", "--calibration", 1) if message.startswith("--sample")
+                                    else message) from None
+            case = self.evaluation_case(self.parity_cases(learn, data))
             rows = {name: case.inputs[name][:count] for name in names}
             total = len(rows[names[0]])
             return [{n: np.ascontiguousarray(a[i:i + 16]) for n, a in rows.items()} for i in range(0, total, 16)], str(path)
