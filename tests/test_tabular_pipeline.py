@@ -120,6 +120,24 @@ def test_zero_width_input_exports_and_runs(kind, tmp_path):
     assert outputs.shape == (5, 3) and np.isfinite(outputs).all()
 
 
+def test_boolean_and_integer_categories_export_and_encode_like_fastai(tmp_path):
+    """The parity case of unseen categories writes a string into every categorical column, bool and int too."""
+    frame = penguins()[["island", "sex", "year", "bill_length_mm", "flipper_length_mm", "body_mass_g", "species"]]
+    frame = frame.assign(heavy=frame["body_mass_g"] > 4000)
+    result = _train_on(frame, tmp_path, "typed", target="species", cat_names="island,sex,year,heavy")
+    assert result.parity.passed, result.parity.failures()
+    spec = result.manifest.preprocessing
+    assert spec.categories["heavy"][1:] == [False, True] and 2007 in spec.categories["year"]
+    records = [dict(island="Dream", sex="male", year=2008, heavy=True, bill_length_mm=45.0,
+                    flipper_length_mm=200.0, body_mass_g=4100.0),
+               dict(island="Dream", sex="male", year=1999, heavy=None, bill_length_mm=45.0,
+                    flipper_length_mm=200.0, body_mass_g=4100.0)]
+    x_cat, _ = encode_records(records, spec)
+    columns = spec.x_cat_columns
+    assert x_cat[0, columns.index("heavy")] == spec.categories["heavy"].index(True)
+    assert x_cat[1, columns.index("year")] == 0 and x_cat[1, columns.index("heavy")] == 0  # fastai's #na#
+
+
 def test_regression_target(tmp_path):
     frame = penguins()[["island", "sex", "bill_length_mm", "flipper_length_mm", "body_mass_g"]]
     result = _train_on(frame, tmp_path, "regression", target="body_mass_g")

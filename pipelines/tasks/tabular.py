@@ -232,6 +232,7 @@ class TabularTask(Task):
         rows = frame.head(7).copy()
         for position, column in enumerate(learn.dls.cat_names):
             if column in rows.columns and not column.endswith("_na"):
+                rows[column] = rows[column].astype(object)  # a bool or integer column cannot hold the unseen string
                 rows.loc[rows.index[position % len(rows)], column] = UNSEEN
                 rows.loc[rows.index[(position + 3) % len(rows)], column] = None
         for column in procs.fill_missing.na_dict:
