@@ -89,3 +89,18 @@ def test_bad_option_values_are_usage_errors(bad, tmp_path):
     completed = run_cli("train-and-export", "siamese", *bad, "--output", str(tmp_path / "out"))
     assert completed.returncode == 2
     assert "Traceback" not in completed.stderr and "Invalid value" in completed.stderr
+
+
+def test_a_validation_file_is_named_in_its_errors(tmp_path):
+    texts = tmp_path / "texts.csv"
+    texts.write_text("review,stars\ngood food,5\nawful,1\n")
+    other = tmp_path / "other.csv"
+    other.write_text("comment,stars\nfine,5\n")
+    assert_clean_failure(
+        run_cli("train-and-export", "text", "--data", str(texts), "--valid-data", str(other), "--output", str(tmp_path / "a")),
+        f"--valid-data {other}: no column 'review'",
+    )
+    assert_clean_failure(
+        run_cli("train-and-export", "tabular", "--valid-data", str(tmp_path / "absent.csv"), "--output", str(tmp_path / "b")),
+        f"--valid-data {tmp_path / 'absent.csv'}: no such file",
+    )

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from pipelines.run import train_and_export
+from pipelines.tasks.tabular import class_labels
 from services.manifest import MODEL_FILE, Manifest
 from services.runtime import create_session
 from services.tabular_preprocessing import RecordError, encode_records
@@ -136,6 +137,14 @@ def test_boolean_and_integer_categories_export_and_encode_like_fastai(tmp_path):
     columns = spec.x_cat_columns
     assert x_cat[0, columns.index("heavy")] == spec.categories["heavy"].index(True)
     assert x_cat[1, columns.index("year")] == 0 and x_cat[1, columns.index("heavy")] == 0  # fastai's #na#
+
+
+def test_whole_number_classes_keep_their_spelling():
+    # pandas reads a column of whole numbers with an empty cell as floats; the rows without a label are dropped
+    assert list(class_labels(pd.Series([5.0, 1.0, 5.0]))) == ["5", "1", "5"]
+    assert list(class_labels(pd.Series([0.5, 1.0]))) == ["0.5", "1.0"]
+    assert list(class_labels(pd.Series(["great", "other"]))) == ["great", "other"]
+    assert list(class_labels(pd.Series([True, False]))) == ["True", "False"]
 
 
 def test_regression_target(tmp_path):

@@ -82,11 +82,17 @@ def test_unet_learner_is_served(tmp_path, scenes):
 def test_text_learner_is_served(tmp_path, run_dir):
     from tests.helpers import synthetic_reviews
 
-    reviews = tmp_path / "reviews.csv"
-    synthetic_reviews(160).to_csv(reviews, index=False)
+    frame = synthetic_reviews(160)
+    frame["label"] = (frame["label"] == "good").astype(int)  # classes as numbers: fastai's vocab holds ints then
+    reviews, labelled = tmp_path / "reviews.csv", tmp_path / "labelled.csv"
+    frame.to_csv(reviews, index=False)
+    frame.tail(24).to_csv(labelled, index=False)
     user_learner("text_user.py", reviews, tmp_path / "user")
-    export_verify_register(tmp_path / "user" / "export.pkl", tmp_path / "user" / "texts.txt", tmp_path / "artifact", "text-user")
+    export_verify_register(tmp_path / "user" / "export.pkl", labelled, tmp_path / "artifact", "text-user")
+    cases = json.loads((tmp_path / "artifact" / "parity.json").read_text())["cases"]
+    assert "accuracy" in next(case for case in cases if case["name"].startswith("sample"))["metrics"]
     expected = json.loads((tmp_path / "user" / "expected.json").read_text())
+    assert expected["labels"] == ["0", "1"]
     with bentoml_server("services.text:TextService", env={"TEXT_MODEL_TAG": "text-user:latest"}) as url:
         for text, probabilities in expected["probabilities"].items():
             answer = requests.post(f"{url}/classify", json={"text": text}, timeout=30).json()

@@ -21,11 +21,12 @@ from services.tabular_preprocessing import encode_records
 UNSEEN = "__a category never seen in training__"
 
 
-def read_table(path: Path):
+def read_table(path: Path, option: str = "--data", expected: str = "a CSV/TSV/Parquet file"):
+    """A table; errors name the option it came from and what that option takes."""
     import pandas as pd
 
-    if not path.exists():
-        raise PipelineError(f"--data {path}: no such file (expected 'penguins', 'adult_sample' or a CSV/Parquet file)")
+    if not path.is_file():
+        raise PipelineError(f"{option} {path}: no such file (expected {expected})")
     try:
         suffix = path.suffix.lower()
         if suffix in (".parquet", ".pq"):
@@ -34,7 +35,17 @@ def read_table(path: Path):
             return pd.read_csv(path, sep=None, engine="python")  # let pandas sniff tabs or other separators
         return pd.read_csv(path)
     except Exception as error:
-        raise PipelineError(f"--data {path}: could not read it as a table ({type(error).__name__}: {error})") from None
+        raise PipelineError(f"{option} {path}: could not read it as a table ({type(error).__name__}: {error})") from None
+
+
+def class_labels(values):
+    """Class names as strings. Whole numbers read as floats (pandas does so for a column with an empty cell,
+    whose rows are dropped before this) keep their integer spelling: `1`, not `1.0`."""
+    import pandas as pd
+
+    if pd.api.types.is_float_dtype(values) and values.notna().all() and (values == values.round()).all():
+        values = values.astype("int64")
+    return values.astype(str)
 
 
 def split_columns(df, target: str, cat_names, cont_names) -> tuple[list[str], list[str]]:
@@ -114,7 +125,7 @@ class TabularTask(Task):
             path = download_book_dataset(URLs.ADULT_SAMPLE, "ADULT_SAMPLE", "--data penguins or --data FILE.csv")
             return pd.read_csv(path / "adult.csv"), "salary", f"ADULT_SAMPLE ({path})"
         path = Path(data).expanduser()
-        df = read_table(path)
+        df = read_table(path, expected="'penguins', 'adult_sample' or a CSV/TSV/Parquet file")
         return df, df.columns[-1], f"file {path}"
 
     def prepare_data(self, options: TabularOptions) -> PreparedData:
@@ -132,7 +143,7 @@ class TabularTask(Task):
             raise PipelineError(f"{source}: {len(df)} rows with a target; too few to train")
         valid_idx = None
         if options.valid_data:
-            valid = read_table(Path(options.valid_data))
+            valid = read_table(Path(options.valid_data), "--valid-data")
             valid = valid[valid[target].notna()] if target in valid.columns else valid
             if list(valid.columns) != list(df.columns):
                 raise PipelineError(f"--valid-data has columns {list(valid.columns)}, --data has {list(df.columns)}")
@@ -148,7 +159,7 @@ class TabularTask(Task):
         if target_type == "regression":
             df[target] = df[target].astype("float32")
         else:
-            df[target] = df[target].astype(str)
+            df[target] = class_labels(df[target])
         if valid_idx is None:
             valid_idx = list(RandomSplitter(valid_pct=0.2, seed=options.seed)(list(range(len(df))))[1])
         dls = TabularDataLoaders.from_df(
@@ -168,7 +179,7 @@ class TabularTask(Task):
         sample = Path(sample).expanduser()
         if not sample.is_file():
             raise PipelineError(f"--sample {sample}: no such file (expected {self.sample_help})")
-        frame = read_table(sample)
+        frame = read_table(sample, "--sample", self.sample_help)
         spec = self.preprocessing(learn)
         missing = [c for c in [*spec.cat_names, *spec.cont_names] if c not in frame.columns]
         if missing:

@@ -20,7 +20,7 @@ from pipelines.errors import PipelineError
 from pipelines.tasks.base import (
     BuiltLearner, PreparedData, PreprocessingProbe, Task, TaskOptions, option, valid_data_option,
 )
-from pipelines.tasks.tabular import read_table
+from pipelines.tasks.tabular import class_labels, read_table
 from pipelines.training import TrainingHistory
 from services.manifest import TextPreprocessing
 from services.text_preprocessing import Numericalizer, batch_ids, tokenize
@@ -109,7 +109,7 @@ class TextTask(Task):
             rows = [(f.read_text(encoding="utf-8"), f.parent.name, split == "test")
                     for split in ("train", "test") for label in ("pos", "neg") for f in (path / split / label).glob("*.txt")]
             return pd.DataFrame(rows, columns=["text", "label", "is_valid"]), "text", "label", f"IMDB ({path})"
-        df = read_table(Path(data).expanduser())
+        df = read_table(Path(data).expanduser(), expected="'imdb_sample', 'imdb' or a CSV/TSV/Parquet file")
         text_col, label_col = detect_columns(df, options.text_col, options.label_col)
         return df, text_col, label_col, f"file {data}"
 
@@ -118,12 +118,16 @@ class TextTask(Task):
         from fastai.text.all import TextDataLoaders
 
         df, text_col, label_col, source = self.load_frame(options)
-        df = df[df[text_col].notna() & df[label_col].notna()].reset_index(drop=True)
         if options.valid_data:
-            valid = read_table(Path(options.valid_data))
+            valid = read_table(Path(options.valid_data), "--valid-data")
+            missing = [column for column in (text_col, label_col) if column not in valid.columns]
+            if missing:
+                raise PipelineError(f"--valid-data {options.valid_data}: no column {', '.join(map(repr, missing))} "
+                                    f"(columns: {', '.join(map(str, valid.columns))})")
             df = pd.concat([df.assign(is_valid=False), valid.assign(is_valid=True)], ignore_index=True)
             source += f", validation {options.valid_data}"
-        df[label_col] = df[label_col].astype(str)
+        df = df[df[text_col].notna() & df[label_col].notna()].reset_index(drop=True)
+        df[label_col] = class_labels(df[label_col])
         if df[label_col].nunique() < 2:
             raise PipelineError(f"{source}: the label column {label_col!r} has fewer than 2 classes")
         valid_kwargs = {"valid_col": "is_valid"} if "is_valid" in df.columns else {"valid_pct": 0.2}
@@ -152,15 +156,16 @@ class TextTask(Task):
         if not sample.is_file():
             raise PipelineError(f"--sample {sample}: no such file (expected {self.sample_help})")
         if sample.suffix.lower() in (".csv", ".tsv", ".parquet", ".pq"):
-            frame = read_table(sample)
+            frame = read_table(sample, "--sample", self.sample_help)
             text_col, label_col = detect_columns(frame, "text" if "text" in frame.columns else None, None, label_optional=True)
-            classes = set(self.labels(learn))
-            if label_col is not None and not set(frame[label_col].dropna().astype(str)) <= classes:
-                label_col = None
+            frame = frame[frame[text_col].notna()].reset_index(drop=True)
+            if label_col is not None and frame[label_col].notna().all():
+                frame[label_col] = class_labels(frame[label_col])
+            if label_col is not None and not set(frame[label_col]) <= set(self.labels(learn)):
+                label_col = None  # not the learner's classes, or not every text labelled: no accuracy
         else:
             lines = [line for line in sample.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
             frame, text_col, label_col = pd.DataFrame({"text": lines}), "text", None
-        frame = frame[frame[text_col].notna()].reset_index(drop=True)
         if frame.empty:
             raise PipelineError(f"--sample {sample}: no texts in it")
         return PreparedData(dls=learn.dls, source=f"sample {sample}", details={
@@ -290,9 +295,9 @@ class TextTask(Task):
 
     def parity_cases(self, learn, data: PreparedData) -> list[ParityCase]:
         texts = list(data.details["raw_valid"][data.details["text_col"]].astype(str))
-        labels = list(learn.dls.vocab[1])
+        labels = self.labels(learn)
         label_col = data.details["label_col"]
-        targets = None if label_col is None else np.array([labels.index(str(v)) for v in data.details["raw_valid"][label_col]])
+        targets = None if label_col is None else np.array([labels.index(v) for v in data.details["raw_valid"][label_col]])
         ids = [self.fastai_ids(learn.dls, text) for text in texts]
         bptt, max_len = self.encoder_settings(learn)
         pad = learn.dls.vocab[0].index("xxpad")
