@@ -8,7 +8,10 @@ from pathlib import Path
 
 import click
 
-from pipelines.data import IMAGE_EXTENSIONS, digits_image_folder, download_book_dataset, image_files
+from pipelines.data import (
+    IMAGE_EXTENSIONS, describe_problems, digits_image_folder, download_book_dataset, image_files, image_problems,
+    readable_training_images,
+)
 from pipelines.errors import PipelineError
 from pipelines.tasks.base import PreprocessingProbe, TaskOptions, option
 
@@ -57,7 +60,8 @@ def resolve_image_files(options: ImageFolderOptions) -> tuple[list[Path], callab
         from fastai.data.external import URLs
 
         path = download_book_dataset(URLs.PETS, "Oxford-IIIT Pets", "--data digits or --data FOLDER")
-        return image_files(path / "images"), regex_label_func(BOOK_LABEL_PATTERN), f"Oxford-IIIT Pets ({path})"
+        files = readable_training_images(image_files(path / "images"), f"{path / 'images'}")
+        return files, regex_label_func(BOOK_LABEL_PATTERN), f"Oxford-IIIT Pets ({path})"
     folder = Path(data).expanduser()
     if not folder.exists():
         raise PipelineError(f"--data {data}: no such folder (expected 'digits', 'pets' or a folder of images)")
@@ -66,6 +70,7 @@ def resolve_image_files(options: ImageFolderOptions) -> tuple[list[Path], callab
     files = image_files(folder)
     if not files:
         raise PipelineError(f"--data {data}: no image files found (looked for .jpg, .jpeg, .png and others)")
+    files = readable_training_images(files, f"--data {data}")
     if options.label_from == "folder":
         return files, parent_label_func, f"folder {folder} (class = parent folder)"
     return files, regex_label_func(options.label_pattern), f"folder {folder} (class from file name)"
@@ -160,13 +165,22 @@ def sample_image_files(sample) -> list:
     """The image files of a `--sample` folder (or one image file)."""
     sample = Path(sample).expanduser()
     if sample.is_file() and sample.suffix.lower() in IMAGE_EXTENSIONS:
-        return [sample]
-    if not sample.is_dir():
+        files = [sample]
+    elif not sample.is_dir():
         raise PipelineError(f"--sample {sample}: expected a folder of images")
-    files = image_files(sample)
+    else:
+        files = image_files(sample)
     if not files:
         raise PipelineError(f"--sample {sample}: no image files found (looked for .jpg, .jpeg, .png and others)")
+    refuse_unreadable(files, f"--sample {sample}")
     return files
+
+
+def refuse_unreadable(files: list[Path], where: str) -> None:
+    """A sample is what parity is judged on: an image in it that cannot be read is an error, not skipped."""
+    problems = image_problems(files)
+    if problems:
+        raise PipelineError(f"{where}: {describe_problems(problems)}")
 
 
 def read_image_pairs(sample):
@@ -190,6 +204,7 @@ def read_image_pairs(sample):
         absent = [str(p) for pair in pairs for p in pair if not p.is_file()]
         if absent:
             raise PipelineError(f"--sample {sample}: {len(absent)} image file(s) not found, e.g. {absent[0]}")
+        refuse_unreadable(sorted({p for pair in pairs for p in pair}), f"--sample {sample}")
         same = None
         if "same" in frame.columns:
             same = np.array([str(v).strip().lower() in ("1", "true", "yes", "same") for v in frame["same"]], dtype=np.int64)

@@ -13,7 +13,7 @@ from export.config import OnnxConfig, ParityTolerance, TensorConfig
 from export.parity import ParityCase
 from export.quantize import QuantizationGate
 from export.report import TrainingSummary
-from pipelines.data import digit_scenes_folder, download_book_dataset, image_files
+from pipelines.data import digit_scenes_folder, download_book_dataset, image_files, readable_training_images
 from pipelines.errors import PipelineError
 from pipelines.tasks.base import BuiltLearner, PreparedData, Task, TaskOptions, option
 from pipelines.training import TrainingHistory
@@ -48,7 +48,11 @@ def check_camvid_layout(path: Path) -> list[Path]:
     if unlabelled:
         raise PipelineError(f"--data {path}: {len(unlabelled)} images have no label file, e.g. "
                             f"{unlabelled[0]} needs labels/{Path(unlabelled[0]).stem}_P{Path(unlabelled[0]).suffix}")
-    return files
+    readable = set(readable_training_images([*files, *map(label_func, files)], f"--data {path}"))
+    pairs = [f for f in files if f in readable and label_func(f) in readable]
+    if not pairs:
+        raise PipelineError(f"--data {path}: no image whose label file is readable too")
+    return pairs
 
 
 @dataclass
