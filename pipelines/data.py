@@ -88,12 +88,17 @@ def image_problem(path: Path) -> str | None:
     return None
 
 
-def image_problems(files: list[Path]) -> dict[Path, str]:
-    """The files PIL cannot decode, with why; checked on every core (decoding releases the GIL)."""
+def on_every_core(function, items) -> list:
+    """`function` over `items` in threads, one per core: for image decoding, which releases the GIL."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        return {path: problem for path, problem in zip(files, pool.map(image_problem, files)) if problem}
+        return list(pool.map(function, items))
+
+
+def image_problems(files: list[Path]) -> dict[Path, str]:
+    """The files PIL cannot decode, with why."""
+    return {path: problem for path, problem in zip(files, on_every_core(image_problem, files)) if problem}
 
 
 def describe_problems(problems: dict[Path, str], shown: int = 3) -> str:

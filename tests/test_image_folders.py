@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from pipelines.errors import PipelineError
-from pipelines.tasks.unet import check_camvid_layout
+from pipelines.tasks.unet import check_camvid_layout, check_masks_fit
 from pipelines.vision import ImageFolderOptions, resolve_image_files, sample_image_files
 
 
@@ -67,3 +67,31 @@ def test_segmentation_pairs_with_an_unreadable_image_or_mask_are_skipped(tmp_pat
     (tmp_path / "labels" / "two_P.png").write_bytes(b"\x89PNG broken")
     (tmp_path / "images" / "three.png").write_bytes(b"")
     assert [f.name for f in check_camvid_layout(tmp_path)] == ["one.png"]
+
+
+def camvid_folder(root, sizes, mask_value=1):
+    for n, (height, width) in enumerate(sizes):
+        write_image(root / "images" / f"s{n}.png", size=(width, height))
+        mask = np.zeros((height, width), np.uint8)
+        mask[: height // 2] = mask_value
+        (root / "labels").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask).save(root / "labels" / f"s{n}_P.png")
+    (root / "codes.txt").write_text("background\nthing\n")
+    return check_camvid_layout(root)
+
+
+def test_masks_that_fastai_would_fail_on_are_named_before_training(tmp_path):
+    codes = ["background", "thing"]
+    files = camvid_folder(tmp_path / "void", [(16, 24)] * 3, mask_value=255)
+    with pytest.raises(PipelineError, match=r"3 mask\(s\) hold .* holds 255; codes.txt names 2 classes"):
+        check_masks_fit(tmp_path / "void", files, codes, resized=False)
+
+    files = camvid_folder(tmp_path / "mixed", [(16, 24), (16, 24), (20, 30)])
+    with pytest.raises(PipelineError, match=r"differ in size \(16x24 \(2\), 20x30 \(1\)\).*--image-size 16x24"):
+        check_masks_fit(tmp_path / "mixed", files, codes, resized=False)
+    check_masks_fit(tmp_path / "mixed", files, codes, resized=True)  # --image-size resizes them all
+
+    files = camvid_folder(tmp_path / "other", [(16, 24)] * 2)
+    Image.fromarray(np.zeros((16, 25), np.uint8)).save(tmp_path / "other" / "labels" / "s1_P.png")
+    with pytest.raises(PipelineError, match="s1.png is 16x24 but its mask s1_P.png is 16x25"):
+        check_masks_fit(tmp_path / "other", files, codes, resized=True)

@@ -13,7 +13,9 @@ from export.config import OnnxConfig, ParityTolerance, TensorConfig
 from export.parity import ParityCase
 from export.quantize import QuantizationGate
 from export.report import TrainingSummary
-from pipelines.data import digit_scenes_folder, download_book_dataset, image_files, readable_training_images
+from pipelines.data import (
+    digit_scenes_folder, download_book_dataset, image_files, on_every_core, readable_training_images,
+)
 from pipelines.errors import PipelineError
 from pipelines.tasks.base import BuiltLearner, PreparedData, Task, TaskOptions, option
 from pipelines.training import TrainingHistory
@@ -53,6 +55,40 @@ def check_camvid_layout(path: Path) -> list[Path]:
     if not pairs:
         raise PipelineError(f"--data {path}: no image whose label file is readable too")
     return pairs
+
+
+def check_masks_fit(path: Path, files: list[Path], codes: list[str], resized: bool) -> None:
+    """What fastai would fail on minutes into training, said before it starts: a mask whose size is not its
+    image's, a class index that codes.txt does not name (255 for "void" is common), and images of several
+    sizes without --image-size (they cannot be batched)."""
+    from PIL import Image
+
+    label_func = camvid_label_func(path)
+
+    def survey(image: Path):
+        with Image.open(image) as picture, Image.open(label_func(image)) as mask:
+            return picture.size, mask.size, int(np.asarray(mask.convert("L")).max())  # fastai reads masks as L
+
+    surveys = on_every_core(survey, files)
+    for image, (image_size, mask_size, _) in zip(files, surveys):
+        if image_size != mask_size:
+            raise PipelineError(f"--data {path}: {image.name} is {image_size[1]}x{image_size[0]} but its mask "
+                                f"{label_func(image).name} is {mask_size[1]}x{mask_size[0]} (HEIGHTxWIDTH)")
+    beyond = [(image, largest) for image, (_, _, largest) in zip(files, surveys) if largest >= len(codes)]
+    if beyond:
+        image, largest = beyond[0]
+        raise PipelineError(f"--data {path}: {len(beyond)} mask(s) hold class indices that codes.txt does not name, "
+                            f"e.g. {label_func(image).name} holds {largest}; codes.txt names {len(codes)} classes "
+                            f"(0-{len(codes) - 1}): codes.txt needs a line for every index the masks hold, or the masks remapped to the ones it names")
+    sizes = {}
+    for image_size, _, _ in surveys:
+        sizes[image_size] = sizes.get(image_size, 0) + 1
+    if len(sizes) > 1 and not resized:
+        common = sorted(sizes.items(), key=lambda item: -item[1])
+        listed = ", ".join(f"{height}x{width} ({count})" for (width, height), count in common[:4])
+        (width, height), _ = common[0]
+        raise PipelineError(f"--data {path}: the images differ in size ({listed}{', ...' if len(common) > 4 else ''}); "
+                            f"pass --image-size HEIGHTxWIDTH to resize them, e.g. --image-size {height}x{width}")
 
 
 @dataclass
@@ -117,6 +153,7 @@ class UnetTask(Task):
             except ValueError:
                 raise PipelineError(f"--image-size {options.image_size!r}: expected HEIGHTxWIDTH, e.g. 96x128") from None
             item_tfms = [Resize((height, width))]
+        check_masks_fit(path, files, codes, resized=bool(item_tfms))
         dls = SegmentationDataLoaders.from_label_func(
             path, fnames=files, label_func=camvid_label_func(path), codes=codes, bs=options.batch_size,
             valid_pct=0.2, seed=options.seed, item_tfms=item_tfms,
