@@ -125,9 +125,22 @@ def train(task: Task, options: TaskOptions, output: Path | None, distributed: bo
         click.echo(f"      process {rank}: training done; process 0 exports, checks parity and registers")
         return None
     click.echo("      final: " + ", ".join(f"{k}={v:.4f}" for k, v in summary.final_metrics.items()))
+    refuse_diverged(built.learn, summary)
     write_trained(folder, task, built, data, summary, distributed)
     click.echo(f"      wrote {folder}: fastai weights, options, training history")
     return ModelSource(task, built.learn, data, read_record(folder), folder, summary)
+
+
+def refuse_diverged(learn, summary) -> None:
+    """A model whose weights are no longer finite would only fail parity later with `nan` everywhere."""
+    import torch
+
+    broken = [name for name, parameter in learn.model.named_parameters() if not torch.isfinite(parameter).all()]
+    if broken:
+        raise PipelineError(
+            f"training diverged: {len(broken)} weight tensor(s) are NaN or infinite (e.g. {broken[0]}) after "
+            f"{summary.schedule}; nothing was saved. Try a lower --lr, and look for data that cannot be filled or "
+            "normalised (a column of extreme values, labels outside the classes)")
 
 
 def export(source: ModelSource, position: str = "") -> Manifest:

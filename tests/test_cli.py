@@ -104,3 +104,9 @@ def test_a_validation_file_is_named_in_its_errors(tmp_path):
         run_cli("train-and-export", "tabular", "--valid-data", str(tmp_path / "absent.csv"), "--output", str(tmp_path / "b")),
         f"--valid-data {tmp_path / 'absent.csv'}: no such file",
     )
+
+
+def test_training_that_diverges_says_so_and_saves_nothing(tmp_path):
+    completed = run_cli("train-and-export", "tabular", "--epochs", "1", "--lr", "1e9", "--output", str(tmp_path / "out"))
+    assert_clean_failure(completed, "training diverged", "--lr")
+    assert not any((tmp_path / "out").iterdir())

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from pipelines.run import train_and_export
-from pipelines.tasks.tabular import class_labels
+from pipelines.errors import PipelineError
+from pipelines.tasks.tabular import class_labels, usable_continuous
 from services.manifest import MODEL_FILE, Manifest
 from services.runtime import create_session
 from services.tabular_preprocessing import RecordError, encode_records
@@ -145,6 +146,17 @@ def test_whole_number_classes_keep_their_spelling():
     assert list(class_labels(pd.Series([0.5, 1.0]))) == ["0.5", "1.0"]
     assert list(class_labels(pd.Series(["great", "other"]))) == ["great", "other"]
     assert list(class_labels(pd.Series([True, False]))) == ["True", "False"]
+
+
+def test_continuous_columns_that_would_train_to_nan_are_left_out_or_refused(capsys):
+    frame = pd.DataFrame({"size": [1.0, 2.0, 3.0, 4.0], "empty": [np.nan, np.nan, np.nan, 5.0], "flat": 3.0})
+    training = frame.head(3)  # the last row is validation: "empty" has no value to fill with in training
+    assert usable_continuous(frame, training, ["size", "empty", "flat"], named=False) == ["size", "flat"]
+    assert "left out empty: no value in the training rows" in capsys.readouterr().out
+    with pytest.raises(PipelineError, match="--cont-names: empty has no value in the training rows"):
+        usable_continuous(frame, training, ["size", "empty"], named=True)
+    with pytest.raises(PipelineError, match="size hold infinite values"):
+        usable_continuous(frame.assign(size=[1.0, np.inf, 3.0, 4.0]), training, ["size"], named=False)
 
 
 def test_regression_target(tmp_path):

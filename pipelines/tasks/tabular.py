@@ -69,6 +69,24 @@ def split_columns(df, target: str, cat_names, cont_names) -> tuple[list[str], li
     return list(cat_names), list(cont_names)
 
 
+def usable_continuous(df, training, cont_names: list[str], named: bool) -> list[str]:
+    """Continuous columns fastai can fill and normalise. A column with no value in the training rows has no
+    median to fill with and trains to NaN: an inferred one is left out with a line, a named one is an error.
+    Infinite values make NaN too: an error either way."""
+    empty = [c for c in cont_names if training[c].isna().all()]
+    if empty and named:
+        raise PipelineError(f"--cont-names: {', '.join(map(str, empty))} ha{'s' if len(empty) == 1 else 've'} no value "
+                            "in the training rows (nothing to fill missing values with)")
+    if empty:
+        print(f"      left out {', '.join(map(str, empty))}: no value in the training rows")
+    cont_names = [c for c in cont_names if c not in empty]
+    infinite = [c for c in cont_names if np.isinf(df[c].to_numpy(dtype=np.float64, na_value=np.nan)).any()]
+    if infinite:
+        raise PipelineError(f"continuous column(s) {', '.join(map(str, infinite))} hold infinite values; replace "
+                            "them, or leave those cells empty to have them filled as missing")
+    return cont_names
+
+
 def _names(value: str | None) -> list[str] | None:
     return None if value is None else [name.strip() for name in value.split(",") if name.strip()]
 
@@ -151,6 +169,9 @@ class TabularTask(Task):
             df = pd.concat([df, valid], ignore_index=True)
             source += f", validation {options.valid_data}"
         cat_names, cont_names = split_columns(df, target, _names(options.cat_names), _names(options.cont_names))
+        if valid_idx is None:
+            valid_idx = list(RandomSplitter(valid_pct=0.2, seed=options.seed)(list(range(len(df))))[1])
+        cont_names = usable_continuous(df, df.drop(index=valid_idx), cont_names, named=options.cont_names is not None)
         column_counts = {"categorical": len(cat_names), "continuous": len(cont_names)}
         target_type = options.target_type
         if target_type == "auto":
@@ -158,10 +179,11 @@ class TabularTask(Task):
             target_type = "regression" if numeric and df[target].nunique() > 20 else "classification"
         if target_type == "regression":
             df[target] = df[target].astype("float32")
+            if not np.isfinite(df[target]).all():
+                raise PipelineError(f"--target {target!r}: {int((~np.isfinite(df[target])).sum())} value(s) are "
+                                    "infinite or beyond float32; a regression target must be finite")
         else:
             df[target] = class_labels(df[target])
-        if valid_idx is None:
-            valid_idx = list(RandomSplitter(valid_pct=0.2, seed=options.seed)(list(range(len(df))))[1])
         dls = TabularDataLoaders.from_df(
             # copies: fastai appends its `_na` indicator columns to the lists it is given
             df, procs=[Categorify, FillMissing, Normalize], cat_names=list(cat_names), cont_names=list(cont_names),
