@@ -159,6 +159,26 @@ def test_continuous_columns_that_would_train_to_nan_are_left_out_or_refused(caps
         usable_continuous(frame.assign(size=[1.0, np.inf, 3.0, 4.0]), training, ["size"], named=False)
 
 
+def test_parquet_with_typed_columns(tmp_path):
+    """Parquet keeps pandas' types: category, datetime, int32 and float32 columns train, verify and encode."""
+    frame = penguins().dropna().reset_index(drop=True)
+    frame = frame.assign(island=frame["island"].astype("category"), year=frame["year"].astype("int32"),
+                         body_mass_g=frame["body_mass_g"].astype("float32"),
+                         seen=pd.Timestamp("2020-01-01") + pd.to_timedelta(frame.index % 3, unit="D"))
+    path = tmp_path / "penguins.parquet"
+    frame.to_parquet(path)
+    from pipelines.registry import get_task
+
+    result = train_and_export(get_task("tabular"), dict(TINY_TABULAR_OPTIONS, data=str(path), target="species",
+                                                        register=False, output=tmp_path / "out"))
+    assert result.parity.passed, result.parity.failures()
+    spec = result.manifest.preprocessing
+    assert spec.categories["seen"][1:] == ["2020-01-01", "2020-01-02", "2020-01-03"]
+    record = {**frame.drop(columns=["species"]).iloc[0].to_dict(), "island": "Biscoe", "seen": "2020-01-02"}
+    x_cat, _ = encode_records([record], spec)
+    assert x_cat[0, spec.x_cat_columns.index("seen")] == 2
+
+
 def test_regression_target(tmp_path):
     frame = penguins()[["island", "sex", "bill_length_mm", "flipper_length_mm", "body_mass_g"]]
     result = _train_on(frame, tmp_path, "regression", target="body_mass_g")

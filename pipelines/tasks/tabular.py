@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,10 +31,15 @@ def read_table(path: Path, option: str = "--data", expected: str = "a CSV/TSV/Pa
     try:
         suffix = path.suffix.lower()
         if suffix in (".parquet", ".pq"):
+            if importlib.util.find_spec("pyarrow") is None:
+                raise PipelineError(f"{option} {path}: reading Parquet needs pyarrow (pip install pyarrow, or this "
+                                    "project's `parquet` extra)")
             return pd.read_parquet(path)
         if suffix in (".tsv", ".txt"):
             return pd.read_csv(path, sep=None, engine="python")  # let pandas sniff tabs or other separators
         return pd.read_csv(path)
+    except PipelineError:
+        raise
     except Exception as error:
         raise PipelineError(f"{option} {path}: could not read it as a table ({type(error).__name__}: {error})") from None
 
@@ -46,6 +52,20 @@ def class_labels(values):
     if pd.api.types.is_float_dtype(values) and values.notna().all() and (values == values.round()).all():
         values = values.astype("int64")
     return values.astype(str)
+
+
+def dates_as_text(df):
+    """Date and time columns (Parquet keeps their type) as ISO strings: the values a JSON client sends and the
+    manifest can hold. Each value is then a class of its own, as a CSV's date column is."""
+    import pandas as pd
+
+    timed = [c for c in df.columns if pd.api.types.is_datetime64_any_dtype(df[c]) or pd.api.types.is_timedelta64_dtype(df[c])
+             or isinstance(df[c].dtype, (pd.PeriodDtype, pd.IntervalDtype))]
+    if not timed:
+        return df
+    print(f"      read {', '.join(map(str, timed))} as text categories (one class per value; fastai's add_datepart "
+          "would make features of dates)")
+    return df.assign(**{c: df[c].astype(str).where(df[c].notna(), None) for c in timed})
 
 
 def split_columns(df, target: str, cat_names, cont_names) -> tuple[list[str], list[str]]:
@@ -168,6 +188,7 @@ class TabularTask(Task):
             valid_idx = list(range(len(df), len(df) + len(valid)))
             df = pd.concat([df, valid], ignore_index=True)
             source += f", validation {options.valid_data}"
+        df = dates_as_text(df)
         cat_names, cont_names = split_columns(df, target, _names(options.cat_names), _names(options.cont_names))
         if valid_idx is None:
             valid_idx = list(RandomSplitter(valid_pct=0.2, seed=options.seed)(list(range(len(df))))[1])
