@@ -1,7 +1,8 @@
-"""Data helpers shared by tasks: the cache folder, embedded datasets, and book downloads."""
+"""Data helpers shared by tasks: the cache folder, embedded datasets, book downloads, tables and image files."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -69,6 +70,28 @@ def download_book_dataset(url: str, description: str, offline_alternatives: str)
             f"could not download {description} from {url} ({type(error).__name__}: {error}). "
             f"Without internet use {offline_alternatives}"
         ) from None
+
+
+def read_table(path: Path, option: str = "--data", expected: str = "a CSV/TSV/Parquet file"):
+    """A table; errors name the option it came from and what that option takes."""
+    import pandas as pd
+
+    if not path.is_file():
+        raise PipelineError(f"{option} {path}: no such file (expected {expected})")
+    try:
+        suffix = path.suffix.lower()
+        if suffix in (".parquet", ".pq"):
+            if importlib.util.find_spec("pyarrow") is None:
+                raise PipelineError(f"{option} {path}: reading Parquet needs pyarrow (pip install pyarrow, or this "
+                                    "project's `parquet` extra)")
+            return pd.read_parquet(path)
+        if suffix in (".tsv", ".txt"):
+            return pd.read_csv(path, sep=None, engine="python")  # let pandas sniff tabs or other separators
+        return pd.read_csv(path)
+    except PipelineError:
+        raise
+    except Exception as error:
+        raise PipelineError(f"{option} {path}: could not read it as a table ({type(error).__name__}: {error})") from None
 
 
 def image_files(folder: Path) -> list[Path]:

@@ -10,7 +10,7 @@ import click
 
 from pipelines.data import (
     IMAGE_EXTENSIONS, describe_problems, digits_image_folder, download_book_dataset, image_files, image_problems,
-    readable_training_images,
+    read_table, readable_training_images,
 )
 from pipelines.errors import PipelineError
 from pipelines.tasks.base import PreprocessingProbe, TaskOptions, option
@@ -191,11 +191,7 @@ def read_image_pairs(sample):
 
     sample = Path(sample).expanduser()
     if sample.suffix.lower() in (".csv", ".tsv"):
-        import pandas as pd
-
-        if not sample.is_file():
-            raise PipelineError(f"--sample {sample}: no such file")
-        frame = pd.read_csv(sample, sep=None, engine="python")
+        frame = read_table(sample, "--sample", "a CSV with image_a,image_b columns")
         missing = [c for c in ("image_a", "image_b") if c not in frame.columns]
         if missing:
             raise PipelineError(f"--sample {sample}: lacks the column(s) {', '.join(missing)} "
@@ -207,7 +203,13 @@ def read_image_pairs(sample):
         refuse_unreadable(sorted({p for pair in pairs for p in pair}), f"--sample {sample}")
         same = None
         if "same" in frame.columns:
-            same = np.array([str(v).strip().lower() in ("1", "true", "yes", "same") for v in frame["same"]], dtype=np.int64)
+            answers = {"1": 1, "1.0": 1, "true": 1, "yes": 1, "same": 1, "0": 0, "0.0": 0, "false": 0, "no": 0, "different": 0}
+            unknown = [(row, value) for row, value in enumerate(frame["same"]) if str(value).strip().lower() not in answers]
+            if unknown:
+                row, value = unknown[0]
+                raise PipelineError(f"--sample {sample}: column `same` holds {value!r} in data row {row + 1} "
+                                    f"({len(unknown)} such row(s)); expected true/false, 1/0, yes/no or same/different")
+            same = np.array([answers[str(v).strip().lower()] for v in frame["same"]], dtype=np.int64)
     else:
         files = sample_image_files(sample)
         if len(files) < 2:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from pipelines.errors import PipelineError
 from pipelines.tasks.unet import check_camvid_layout, check_masks_fit
-from pipelines.vision import ImageFolderOptions, resolve_image_files, sample_image_files
+from pipelines.vision import ImageFolderOptions, read_image_pairs, resolve_image_files, sample_image_files
 
 
 def write_image(path, mode="RGB", size=(24, 16)):
@@ -95,3 +95,15 @@ def test_masks_that_fastai_would_fail_on_are_named_before_training(tmp_path):
     Image.fromarray(np.zeros((16, 25), np.uint8)).save(tmp_path / "other" / "labels" / "s1_P.png")
     with pytest.raises(PipelineError, match="s1.png is 16x24 but its mask s1_P.png is 16x25"):
         check_masks_fit(tmp_path / "other", files, codes, resized=True)
+
+
+def test_a_siamese_sample_reads_same_strictly(tmp_path):
+    for name in ("a.png", "b.png"):
+        write_image(tmp_path / name)
+    sample = tmp_path / "pairs.csv"
+    sample.write_text("image_a,image_b,same\na.png,b.png,yes\na.png,a.png,1.0\nb.png,a.png,different\n")
+    pairs, same = read_image_pairs(sample)
+    assert len(pairs) == 3 and same.tolist() == [1, 1, 0]
+    sample.write_text("image_a,image_b,same\na.png,b.png,1\na.png,a.png,\n")  # pandas reads 1.0 and NaN
+    with pytest.raises(PipelineError, match="column `same` holds nan in data row 2"):
+        read_image_pairs(sample)

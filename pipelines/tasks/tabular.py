@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import numpy as np
 from export.config import OnnxConfig, ParityTolerance, TensorConfig
 from export.parity import ParityCase
 from export.quantize import QuantizationGate
-from pipelines.data import download_book_dataset
+from pipelines.data import download_book_dataset, read_table
 from pipelines.errors import PipelineError
 from pipelines.tasks.base import (
     BuiltLearner, PreparedData, PreprocessingProbe, Task, TaskOptions, option, valid_data_option,
@@ -20,28 +19,6 @@ from services.manifest import TabularPreprocessing
 from services.tabular_preprocessing import encode_records
 
 UNSEEN = "__a category never seen in training__"
-
-
-def read_table(path: Path, option: str = "--data", expected: str = "a CSV/TSV/Parquet file"):
-    """A table; errors name the option it came from and what that option takes."""
-    import pandas as pd
-
-    if not path.is_file():
-        raise PipelineError(f"{option} {path}: no such file (expected {expected})")
-    try:
-        suffix = path.suffix.lower()
-        if suffix in (".parquet", ".pq"):
-            if importlib.util.find_spec("pyarrow") is None:
-                raise PipelineError(f"{option} {path}: reading Parquet needs pyarrow (pip install pyarrow, or this "
-                                    "project's `parquet` extra)")
-            return pd.read_parquet(path)
-        if suffix in (".tsv", ".txt"):
-            return pd.read_csv(path, sep=None, engine="python")  # let pandas sniff tabs or other separators
-        return pd.read_csv(path)
-    except PipelineError:
-        raise
-    except Exception as error:
-        raise PipelineError(f"{option} {path}: could not read it as a table ({type(error).__name__}: {error})") from None
 
 
 def class_labels(values):

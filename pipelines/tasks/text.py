@@ -15,12 +15,12 @@ from export.config import OnnxConfig, ParityTolerance, TensorConfig
 from export.parity import ParityCase
 from export.quantize import QuantizationGate
 from export.report import TrainingSummary
-from pipelines.data import download_book_dataset
+from pipelines.data import download_book_dataset, read_table
 from pipelines.errors import PipelineError
 from pipelines.tasks.base import (
     BuiltLearner, PreparedData, PreprocessingProbe, Task, TaskOptions, option, valid_data_option,
 )
-from pipelines.tasks.tabular import class_labels, read_table
+from pipelines.tasks.tabular import class_labels
 from pipelines.training import TrainingHistory
 from services.manifest import TextPreprocessing
 from services.text_preprocessing import Numericalizer, batch_ids, tokenize
