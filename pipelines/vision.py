@@ -25,7 +25,10 @@ def regex_label_func(pattern: str):
     def label_func(fname: Path) -> str:
         match = compiled.match(Path(fname).name)
         if match is None:
-            raise PipelineError(f"file name {Path(fname).name!r} does not match the label pattern {pattern!r}")
+            suffix = re.escape(Path(fname).suffix)
+            raise PipelineError(f"file name {Path(fname).name!r} does not match the label pattern '{pattern}' (its "
+                                f"first group is the class): pass --label-pattern for your names, e.g. "
+                                f"'^(.*)_\\d+{suffix}$', or --label-from folder for a class per folder")
         return match.groups()[0]
 
     return label_func
