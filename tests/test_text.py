@@ -150,3 +150,13 @@ def test_ulmfit_language_model_stage_feeds_the_classifier(tmp_path):
                                                      output=tmp_path / "ulmfit"))
     assert result.parity.passed, result.parity.failures()
     assert result.manifest.provenance["schedule"].startswith("language model fine-tuned 1 epochs")
+
+
+def test_parity_runs_fastai_on_at_most_parity_texts_evenly_spaced(text_run, tmp_path, monkeypatch):
+    task, result = text_run
+    sample = tmp_path / "many.csv"
+    synthetic_reviews(60, seed=3).to_csv(sample, index=False)
+    monkeypatch.setattr("pipelines.tasks.text.PARITY_TEXTS", 25)
+    judged = task.evaluation_case(task.parity_cases(result.learn, task.sample_data(result.learn, sample)))
+    assert judged.name == "sample (25 of 60, evenly spaced)"
+    assert len(judged.targets) == 25 and judged.inputs["tokens"].shape[0] == 25
