@@ -85,13 +85,30 @@ def read_table(path: Path, option: str = "--data", expected: str = "a CSV/TSV/Pa
                 raise PipelineError(f"{option} {path}: reading Parquet needs pyarrow (pip install pyarrow, or this "
                                     "project's `parquet` extra)")
             return pd.read_parquet(path)
-        if suffix in (".tsv", ".txt"):
-            return pd.read_csv(path, sep=None, engine="python")  # let pandas sniff tabs or other separators
-        return pd.read_csv(path)
+        try:
+            return read_delimited(path, "utf-8", sniff=suffix in (".tsv", ".txt"))
+        except UnicodeDecodeError:
+            print(f"      {option} {path} is not UTF-8: read as Latin-1")
+            return read_delimited(path, "latin-1", sniff=suffix in (".tsv", ".txt"))
     except PipelineError:
         raise
     except Exception as error:
         raise PipelineError(f"{option} {path}: could not read it as a table ({type(error).__name__}: {error})") from None
+
+
+def read_delimited(path: Path, encoding: str, sniff: bool):
+    """A CSV, or (sniff) a TSV or text table with any separator. A CSV whose one column's name holds `;`, a tab
+    or `|` was written with that separator (spreadsheets in many locales use `;`) and is read again with it."""
+    import pandas as pd
+
+    if sniff:
+        return pd.read_csv(path, sep=None, engine="python", encoding=encoding)
+    frame = pd.read_csv(path, encoding=encoding)
+    if frame.shape[1] == 1:
+        for separator in (";", "\t", "|"):
+            if separator in str(frame.columns[0]):
+                return pd.read_csv(path, sep=separator, encoding=encoding)
+    return frame
 
 
 def image_files(folder: Path) -> list[Path]:

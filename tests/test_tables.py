@@ -1,0 +1,35 @@
+"""Tables as users' spreadsheets write them: `;` separators, Latin-1, a byte-order mark."""
+
+import pytest
+
+from pipelines.data import read_table
+from pipelines.errors import PipelineError
+
+
+def test_a_semicolon_csv_in_latin1_is_read_with_its_columns(tmp_path, capsys):
+    path = tmp_path / "export.csv"
+    path.write_bytes("name;size;label\ncafé crème;1.5;yes\nthé;2.5;no\n".encode("latin-1"))
+    frame = read_table(path)
+    assert list(frame.columns) == ["name", "size", "label"]
+    assert frame["name"].tolist() == ["café crème", "thé"] and frame["size"].tolist() == [1.5, 2.5]
+    assert "is not UTF-8: read as Latin-1" in capsys.readouterr().out
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbftext,label\nhello,1\n")
+    assert list(read_table(path).columns) == ["text", "label"]
+
+
+def test_a_comma_in_a_quoted_value_keeps_the_comma_separator(tmp_path):
+    path = tmp_path / "texts.csv"
+    path.write_text('text,label\n"good; really, good",yes\n"bad; awful",no\n')
+    assert read_table(path)["text"].tolist() == ["good; really, good", "bad; awful"]
+
+
+def test_errors_name_the_option(tmp_path):
+    with pytest.raises(PipelineError, match="--valid-data .*absent.csv: no such file"):
+        read_table(tmp_path / "absent.csv", "--valid-data")
+    (tmp_path / "binary.parquet").write_bytes(b"not parquet")
+    with pytest.raises(PipelineError, match="--sample .*binary.parquet: could not read it as a table"):
+        read_table(tmp_path / "binary.parquet", "--sample")
