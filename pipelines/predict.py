@@ -132,9 +132,18 @@ def csv_records(path: Path) -> tuple[list[str], list[dict]]:
     return columns, records
 
 
+# What pandas' read_csv, which read the training data, takes as missing and as booleans by default.
+MISSING_CELLS = {"#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
+                 "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}
+BOOLEAN_CELLS = {"True": True, "TRUE": True, "true": True, "False": False, "FALSE": False, "false": False}
+
+
 def parse_cell(value: str | None):
-    if value is None or value.strip() == "":
+    """A CSV cell as the JSON value a client would send, read as pandas read the training CSV."""
+    if value is None or value.strip() == "" or value in MISSING_CELLS:
         return None
+    if value in BOOLEAN_CELLS:
+        return BOOLEAN_CELLS[value]
     for kind in (int, float):
         try:
             number = kind(value)

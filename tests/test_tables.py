@@ -33,3 +33,16 @@ def test_errors_name_the_option(tmp_path):
     (tmp_path / "binary.parquet").write_bytes(b"not parquet")
     with pytest.raises(PipelineError, match="--sample .*binary.parquet: could not read it as a table"):
         read_table(tmp_path / "binary.parquet", "--sample")
+
+
+def test_predict_reads_csv_cells_as_pandas_read_the_training_data(tmp_path):
+    """`pipelines predict tabular --csv`: a bool column written by pandas is `True`/`False`, a missing value
+    may be `NA`; as strings they would be unseen categories (code 0) instead of fastai's classes."""
+    from pipelines.predict import csv_records
+
+    path = tmp_path / "rows.csv"
+    path.write_text("active,size,island,note\nFalse,3,Dream,NA\nTRUE,2.5,,x\n")
+    columns, records = csv_records(path)
+    assert columns == ["active", "size", "island", "note"]
+    assert records == [{"active": False, "size": 3, "island": "Dream", "note": None},
+                       {"active": True, "size": 2.5, "island": None, "note": "x"}]
