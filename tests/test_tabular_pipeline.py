@@ -179,6 +179,22 @@ def test_parquet_with_typed_columns(tmp_path):
     assert x_cat[0, spec.x_cat_columns.index("seen")] == 2
 
 
+def test_validation_rows_of_a_class_training_never_saw_are_left_out(tmp_path, capsys):
+    frame = penguins().dropna().reset_index(drop=True)
+    train, valid = frame.iloc[::2], frame.iloc[1::2].copy()
+    valid.iloc[:3, valid.columns.get_loc("species")] = "Emperor"  # fastai failed on them minutes into training
+    train.to_csv(tmp_path / "train.csv", index=False)
+    valid.to_csv(tmp_path / "valid.csv", index=False)
+    from pipelines.registry import get_task
+
+    result = train_and_export(get_task("tabular"), dict(
+        TINY_TABULAR_OPTIONS, data=str(tmp_path / "train.csv"), valid_data=tmp_path / "valid.csv", target="species",
+        register=False, output=tmp_path / "out"))
+    assert "left out 3 validation row(s) of class(es) no training row has: 'Emperor'" in capsys.readouterr().out
+    assert result.parity.passed and result.manifest.labels == ["Adelie", "Chinstrap", "Gentoo"]
+    assert result.parity.cases[2].name == f"validation set ({len(valid) - 3})"
+
+
 def test_regression_target(tmp_path):
     frame = penguins()[["island", "sex", "bill_length_mm", "flipper_length_mm", "body_mass_g"]]
     result = _train_on(frame, tmp_path, "regression", target="body_mass_g")

@@ -160,3 +160,19 @@ def test_parity_runs_fastai_on_at_most_parity_texts_evenly_spaced(text_run, tmp_
     judged = task.evaluation_case(task.parity_cases(result.learn, task.sample_data(result.learn, sample)))
     assert judged.name == "sample (25 of 60, evenly spaced)"
     assert len(judged.targets) == 25 and judged.inputs["tokens"].shape[0] == 25
+
+
+def test_validation_texts_of_a_class_training_never_saw_are_left_out(tmp_path, capsys):
+    from pipelines.registry import get_task
+    from pipelines.run import train_and_export
+    from tests.helpers import TINY_TEXT_OPTIONS
+
+    synthetic_reviews(120).to_csv(tmp_path / "train.csv", index=False)
+    valid = synthetic_reviews(30, seed=5)
+    valid.loc[:1, "label"] = "so-so"  # fastai raised "Label 'so-so' was not included in the training dataset"
+    valid.to_csv(tmp_path / "valid.csv", index=False)
+    result = train_and_export(get_task("text"), dict(
+        TINY_TEXT_OPTIONS, data=str(tmp_path / "train.csv"), valid_data=tmp_path / "valid.csv", register=False,
+        output=tmp_path / "out"))
+    assert "left out 2 validation row(s) of class(es) no training row has: 'so-so'" in capsys.readouterr().out
+    assert result.parity.passed and sorted(result.manifest.labels) == ["bad", "good"]

@@ -66,6 +66,21 @@ def split_columns(df, target: str, cat_names, cont_names) -> tuple[list[str], li
     return list(cat_names), list(cont_names)
 
 
+def classes_seen_in_training(labels, is_valid: np.ndarray) -> np.ndarray:
+    """Which rows to keep: all but the validation rows whose class no training row has. fastai takes the
+    classes from the training rows and fails on the others minutes in (a KeyError, or a target out of
+    bounds); a rare class a random split put only in validation is one. Said in a line."""
+    seen = set(labels[~is_valid])
+    unseen = is_valid & ~labels.isin(seen).to_numpy()
+    if unseen.any():
+        classes = sorted(set(labels[unseen]), key=str)
+        print(f"      left out {int(unseen.sum())} validation row(s) of class(es) no training row has: "
+              f"{', '.join(map(repr, classes[:5]))}{', ...' if len(classes) > 5 else ''}")
+    if unseen.sum() == is_valid.sum():
+        raise PipelineError("no validation row has a class that the training rows have")
+    return ~unseen
+
+
 def usable_continuous(df, training, cont_names: list[str], named: bool) -> list[str]:
     """Continuous columns fastai can fill and normalise. A column with no value in the training rows has no
     median to fill with and trains to NaN: an inferred one is left out with a line, a named one is an error.
@@ -182,6 +197,9 @@ class TabularTask(Task):
                                     "infinite or beyond float32; a regression target must be finite")
         else:
             df[target] = class_labels(df[target])
+            is_valid = np.isin(np.arange(len(df)), valid_idx)
+            keep = classes_seen_in_training(df[target], is_valid)
+            df, valid_idx = df[keep].reset_index(drop=True), list(np.flatnonzero(is_valid[keep]))
         dls = TabularDataLoaders.from_df(
             # copies: fastai appends its `_na` indicator columns to the lists it is given
             df, procs=[Categorify, FillMissing, Normalize], cat_names=list(cat_names), cont_names=list(cont_names),

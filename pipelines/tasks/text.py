@@ -20,7 +20,7 @@ from pipelines.errors import PipelineError
 from pipelines.tasks.base import (
     BuiltLearner, PreparedData, PreprocessingProbe, Task, TaskOptions, option, valid_data_option,
 )
-from pipelines.tasks.tabular import class_labels
+from pipelines.tasks.tabular import class_labels, classes_seen_in_training
 from pipelines.training import TrainingHistory
 from services.manifest import TextPreprocessing
 from services.text_preprocessing import Numericalizer, batch_ids, tokenize
@@ -119,7 +119,7 @@ class TextTask(Task):
 
     def prepare_data(self, options: TextOptions) -> PreparedData:
         import pandas as pd
-        from fastai.text.all import TextDataLoaders
+        from fastai.text.all import RandomSplitter, TextDataLoaders
 
         df, text_col, label_col, source = self.load_frame(options)
         if options.valid_data:
@@ -134,7 +134,10 @@ class TextTask(Task):
         df[label_col] = class_labels(df[label_col])
         if df[label_col].nunique() < 2:
             raise PipelineError(f"{source}: the label column {label_col!r} has fewer than 2 classes")
-        valid_kwargs = {"valid_col": "is_valid"} if "is_valid" in df.columns else {"valid_pct": 0.2}
+        if "is_valid" not in df.columns:  # fastai's own split for valid_pct=0.2, made here to check its classes
+            df["is_valid"] = np.isin(np.arange(len(df)), RandomSplitter(valid_pct=0.2, seed=options.seed)(df)[1])
+        df = df[classes_seen_in_training(df[label_col], df["is_valid"].to_numpy(dtype=bool))].reset_index(drop=True)
+        valid_kwargs = {"valid_col": "is_valid"}
         dls_lm = None
         if options.lm_epochs:
             # The language model reads every text (labels unused); the classifier then shares its vocabulary.
