@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -177,22 +179,33 @@ def export_command(artifact, learner, weights, options_file, task_name, sample, 
             if not Path(learner).is_file():
                 raise PipelineError(f"--learner {learner}: no such file")
             folder = new_output_dir(task_name if task_name != "auto" else "learner", output)
-            try:
-                export(import_learner(learner, sample, folder, task_name))
-            except BaseException:
-                if not any(folder.iterdir()):
-                    folder.rmdir()
-                raise
+            with removed_on_failure(folder):
+                source = import_learner(learner, sample, folder, task_name)
+            export(source)
             return folder
         if task_name == "auto" or options_file is None:
             raise PipelineError("--weights needs --task TASK and --options OPTIONS.json (the options it was trained with)")
         folder = new_output_dir(task_name, output)
-        import_weights(get_task(task_name), weights, options_file, folder)
-        export_artifact(folder)
+        with removed_on_failure(folder):  # the weights are first loaded into a model when it is exported
+            import_weights(get_task(task_name), weights, options_file, folder)
+            export_artifact(folder)
         return folder
 
     folder = report_errors(run, debug_enabled())
     click.echo(f"next: pipelines verify {folder}")
+
+
+@contextlib.contextmanager
+def removed_on_failure(folder: Path):
+    """The new folder an import writes into goes again when the import fails (weights that do not fit the
+    model their options describe, a pickle that needs code that is not here, a sample that does not fit), so
+    the same --output works on the next try. A learner whose export fails after its import (no exporter
+    converts a layer) keeps its folder for `pipelines export FOLDER` to retry."""
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 @main.command("verify")

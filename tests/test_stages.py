@@ -127,14 +127,15 @@ def test_weights_from_learn_save_with_the_train_options(staged, tmp_path):
     options = tmp_path / "options.json"
     options.write_text(json.dumps(json.loads((staged / "source.json").read_text())["options"]))
     folder = tmp_path / "from-weights"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"layers": "10,10"}))
+    assert_clean_failure(run_cli("export", "--weights", str(staged / "fastai_weights.pth"), "--task", "tabular",
+                                 "--options", str(bad), "--output", str(folder)), "do not fit the tabular model")
+    assert not folder.exists()  # so the same --output works on the next try
     completed = run_cli("export", "--weights", str(staged / "fastai_weights.pth"), "--task", "tabular",
                         "--options", str(options), "--output", str(folder))
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert (folder / MODEL_FILE).is_file()
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"layers": "10,10"}))
-    assert_clean_failure(run_cli("export", "--weights", str(staged / "fastai_weights.pth"), "--task", "tabular",
-                                 "--options", str(bad), "--output", str(tmp_path / "bad")), "do not fit the tabular model")
 
 
 def test_help_lists_the_stages():
