@@ -107,3 +107,12 @@ def test_a_siamese_sample_reads_same_strictly(tmp_path):
     sample.write_text("image_a,image_b,same\na.png,b.png,1\na.png,a.png,\n")  # pandas reads 1.0 and NaN
     with pytest.raises(PipelineError, match="column `same` holds nan in data row 2"):
         read_image_pairs(sample)
+
+
+def test_colour_masks_are_named_as_such(tmp_path):
+    files = camvid_folder(tmp_path, [(16, 24)] * 2)
+    colours = np.zeros((16, 24, 3), np.uint8)
+    colours[:8] = (128, 0, 0)
+    Image.fromarray(colours).save(tmp_path / "labels" / "s0_P.png")
+    with pytest.raises(PipelineError, match="holds 38; .* It is an RGB image: a mask holds one class index per pixel"):
+        check_masks_fit(tmp_path, files, ["background", "thing"], resized=False)

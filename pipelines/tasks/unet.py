@@ -67,21 +67,28 @@ def check_masks_fit(path: Path, files: list[Path], codes: list[str], resized: bo
 
     def survey(image: Path):
         with Image.open(image) as picture, Image.open(label_func(image)) as mask:
-            return picture.size, mask.size, int(np.asarray(mask.convert("L")).max())  # fastai reads masks as L
+            return picture.size, mask.size, int(np.asarray(mask.convert("L")).max()), mask.mode  # fastai reads L
 
     surveys = on_every_core(survey, files)
-    for image, (image_size, mask_size, _) in zip(files, surveys):
+    for image, (image_size, mask_size, _, _) in zip(files, surveys):
         if image_size != mask_size:
             raise PipelineError(f"--data {path}: {image.name} is {image_size[1]}x{image_size[0]} but its mask "
                                 f"{label_func(image).name} is {mask_size[1]}x{mask_size[0]} (HEIGHTxWIDTH)")
-    beyond = [(image, largest) for image, (_, _, largest) in zip(files, surveys) if largest >= len(codes)]
+    beyond = [(image, largest, mode) for image, (_, _, largest, mode) in zip(files, surveys) if largest >= len(codes)]
     if beyond:
-        image, largest = beyond[0]
+        image, largest, mode = beyond[0]
+        colours = ""
+        if mode in ("RGB", "RGBA"):
+            colours = f" It is an {mode} image: a mask holds one class index per pixel (a greyscale PNG), not colours."
+        elif mode == "P":
+            colours = (" It is a palette PNG, which fastai reads as the grey of each palette colour, not its index: "
+                       "save the indices as a greyscale PNG.")
         raise PipelineError(f"--data {path}: {len(beyond)} mask(s) hold class indices that codes.txt does not name, "
                             f"e.g. {label_func(image).name} holds {largest}; codes.txt names {len(codes)} classes "
-                            f"(0-{len(codes) - 1}): codes.txt needs a line for every index the masks hold, or the masks remapped to the ones it names")
+                            f"(0-{len(codes) - 1}): codes.txt needs a line for every index the masks hold, or the "
+                            f"masks remapped to the ones it names.{colours}")
     sizes = {}
-    for image_size, _, _ in surveys:
+    for image_size, *_ in surveys:
         sizes[image_size] = sizes.get(image_size, 0) + 1
     if len(sizes) > 1 and not resized:
         common = sorted(sizes.items(), key=lambda item: -item[1])
