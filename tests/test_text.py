@@ -176,3 +176,14 @@ def test_validation_texts_of_a_class_training_never_saw_are_left_out(tmp_path, c
         output=tmp_path / "out"))
     assert "left out 2 validation row(s) of class(es) no training row has: 'so-so'" in capsys.readouterr().out
     assert result.parity.passed and sorted(result.manifest.labels) == ["bad", "good"]
+
+    # a class with one text that fastai's random split puts in validation
+    from fastai.text.all import RandomSplitter
+
+    reviews = synthetic_reviews(120)
+    reviews.loc[int(RandomSplitter(valid_pct=0.2, seed=TINY_TEXT_OPTIONS["seed"])(reviews)[1][0]), "label"] = "rare"
+    reviews.to_csv(tmp_path / "rare.csv", index=False)
+    result = train_and_export(get_task("text"), dict(TINY_TEXT_OPTIONS, data=str(tmp_path / "rare.csv"), register=False,
+                                                     output=tmp_path / "rare"))
+    assert "left out 1 validation row(s) of class(es) no training row has: 'rare'" in capsys.readouterr().out
+    assert result.parity.passed and sorted(result.manifest.labels) == ["bad", "good"]

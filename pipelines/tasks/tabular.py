@@ -199,7 +199,8 @@ class TabularTask(Task):
             df[target] = class_labels(df[target])
             is_valid = np.isin(np.arange(len(df)), valid_idx)
             keep = classes_seen_in_training(df[target], is_valid)
-            df, valid_idx = df[keep].reset_index(drop=True), list(np.flatnonzero(is_valid[keep]))
+            position = np.cumsum(keep) - 1  # each kept row's index once the others are gone; valid_idx keeps its order
+            df, valid_idx = df[keep].reset_index(drop=True), [int(position[i]) for i in valid_idx if keep[i]]
         dls = TabularDataLoaders.from_df(
             # copies: fastai appends its `_na` indicator columns to the lists it is given
             df, procs=[Categorify, FillMissing, Normalize], cat_names=list(cat_names), cont_names=list(cont_names),

@@ -134,10 +134,16 @@ class TextTask(Task):
         df[label_col] = class_labels(df[label_col])
         if df[label_col].nunique() < 2:
             raise PipelineError(f"{source}: the label column {label_col!r} has fewer than 2 classes")
-        if "is_valid" not in df.columns:  # fastai's own split for valid_pct=0.2, made here to check its classes
-            df["is_valid"] = np.isin(np.arange(len(df)), RandomSplitter(valid_pct=0.2, seed=options.seed)(df)[1])
-        df = df[classes_seen_in_training(df[label_col], df["is_valid"].to_numpy(dtype=bool))].reset_index(drop=True)
         valid_kwargs = {"valid_col": "is_valid"}
+        if "is_valid" in df.columns:
+            df = df[classes_seen_in_training(df[label_col], df["is_valid"].to_numpy(dtype=bool))].reset_index(drop=True)
+        else:  # the rows fastai's own split (valid_pct=0.2, this seed) puts in validation, to check their classes
+            is_valid = np.isin(np.arange(len(df)), RandomSplitter(valid_pct=0.2, seed=options.seed)(df)[1])
+            keep = classes_seen_in_training(df[label_col], is_valid)
+            if keep.all():
+                valid_kwargs = {"valid_pct": 0.2}  # fastai splits as before: the same rows, in its order
+            else:
+                df = df.assign(is_valid=is_valid)[keep].reset_index(drop=True)
         dls_lm = None
         if options.lm_epochs:
             # The language model reads every text (labels unused); the classifier then shares its vocabulary.
