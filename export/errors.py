@@ -36,3 +36,7 @@ class PreprocessingMismatchError(ParityError):
 
 class NotVerifiedError(ExportError):
     """Registration refused: no passing parity.json for exactly this model.onnx."""
+
+
+class InvalidModelNameError(ExportError):
+    """Registration refused: a name the BentoML model store does not take."""

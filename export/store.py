@@ -10,7 +10,7 @@ import re
 import shutil
 from pathlib import Path
 
-from export.errors import NotVerifiedError
+from export.errors import InvalidModelNameError, NotVerifiedError
 from export.parity import ParityReport
 from services.manifest import (
     INT8_MODEL_FILE, MANIFEST_FILE, MODEL_FILE, PARITY_FILE, REPORT_FILE, Manifest, file_sha256,
@@ -22,7 +22,7 @@ MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 def check_model_name(name: str) -> str:
     if not MODEL_NAME.match(name):
-        raise NotVerifiedError(f"model name {name!r}: use lowercase letters, digits, '-', '_' or '.', "
+        raise InvalidModelNameError(f"model name {name!r}: use lowercase letters, digits, '-', '_' or '.', "
                                "starting with a letter or digit (at most 63 characters)")
     return name
 

@@ -21,11 +21,24 @@ DISTRIBUTED_OPTION = click.Option(
     help="Data-parallel training (fastai distrib_ctx) across the processes `accelerate launch` or `torchrun` starts; "
          "the first process alone exports, checks parity and registers. Needs the `distributed` extra.")
 NAME_HELP = "Model name in the BentoML model store [default: the task's name], e.g. tabular-adult."
+
+
+def checked_model_name(ctx, param, value):
+    """--name is checked before anything runs: train-and-export would otherwise train for minutes first."""
+    from export.errors import InvalidModelNameError
+    from export.store import check_model_name
+
+    try:
+        return None if value is None else check_model_name(value)
+    except InvalidModelNameError as error:
+        raise click.BadParameter(str(error)) from None
+
+
 CHAIN_OPTIONS = [
     OUTPUT_OPTION,
     click.Option(["--register/--no-register"], default=True, show_default=True,
                  help="Save into the BentoML model store (only ever after parity passed)."),
-    click.Option(["--name"], default=None, help=NAME_HELP),
+    click.Option(["--name"], default=None, help=NAME_HELP, callback=checked_model_name),
     click.Option(["--precision"], type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
                  help="int8: also quantize after verify (`pipelines quantize`); registered beside fp32 only when "
                       "it passes the task's accuracy gate."),
@@ -236,7 +249,7 @@ def quantize_command(artifact, calibration):
 
 @main.command("register")
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--name", default=None, help=NAME_HELP)
+@click.option("--name", default=None, help=NAME_HELP, callback=checked_model_name)
 def register_command(artifact, name):
     """Stage 4: save a verified model into the BentoML model store (refused unless parity.json passed for
     exactly this model.onnx)."""

@@ -84,7 +84,7 @@ def test_pets_without_network_names_the_offline_alternatives(tmp_path):
     assert_clean_failure(completed, "could not download Oxford-IIIT Pets", "--data digits")
 
 
-@pytest.mark.parametrize("bad", [["--arch", "vgg16"], ["--epochs", "0"], ["--pretrained", "maybe"]])
+@pytest.mark.parametrize("bad", [["--arch", "vgg16"], ["--epochs", "0"], ["--pretrained", "maybe"], ["--name", "My Model"]])
 def test_bad_option_values_are_usage_errors(bad, tmp_path):
     completed = run_cli("train-and-export", "siamese", *bad, "--output", str(tmp_path / "out"))
     assert completed.returncode == 2
