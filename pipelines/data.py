@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -88,12 +89,22 @@ def read_table(path: Path, option: str = "--data", expected: str = "a CSV/TSV/Pa
         try:
             return read_delimited(path, "utf-8", sniff=suffix in (".tsv", ".txt"))
         except UnicodeDecodeError:
-            print(f"      {option} {path} is not UTF-8: read as Latin-1")
+            print(f"      {option} {path} is not UTF-8: read as Latin-1", file=sys.stderr)
             return read_delimited(path, "latin-1", sniff=suffix in (".tsv", ".txt"))
     except PipelineError:
         raise
     except Exception as error:
         raise PipelineError(f"{option} {path}: could not read it as a table ({type(error).__name__}: {error})") from None
+
+
+def read_text_file(path: Path, option: str) -> str:
+    """A text file as UTF-8, or as Latin-1 with a line saying so where it is not UTF-8 (as tables are read)."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        print(f"      {option} {path} is not UTF-8: read as Latin-1", file=sys.stderr)
+        return raw.decode("latin-1")
 
 
 def read_delimited(path: Path, encoding: str, sniff: bool):

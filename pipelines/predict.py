@@ -11,6 +11,7 @@ from typing import Iterable
 
 import click
 
+from pipelines.data import read_text_file
 from pipelines.errors import PipelineError
 
 CSV_CHUNK = 1000  # records per request: well within TABULAR_MAX_RECORDS (4096 by default)
@@ -107,7 +108,7 @@ def read_texts(texts: tuple[str, ...], file: Path | None) -> list[str]:
     if file is not None:
         if not Path(file).is_file():
             raise PipelineError(f"--file {file}: no such file")
-        texts = tuple(line for line in Path(file).read_text().splitlines() if line.strip())
+        texts = tuple(line for line in read_text_file(Path(file), "--file").splitlines() if line.strip())
     if not texts:
         raise PipelineError("give one or more texts, or --file FILE with one text per line")
     return list(texts)

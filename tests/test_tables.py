@@ -12,7 +12,7 @@ def test_a_semicolon_csv_in_latin1_is_read_with_its_columns(tmp_path, capsys):
     frame = read_table(path)
     assert list(frame.columns) == ["name", "size", "label"]
     assert frame["name"].tolist() == ["café crème", "thé"] and frame["size"].tolist() == [1.5, 2.5]
-    assert "is not UTF-8: read as Latin-1" in capsys.readouterr().out
+    assert "is not UTF-8: read as Latin-1" in capsys.readouterr().err
 
 
 def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
@@ -46,3 +46,12 @@ def test_predict_reads_csv_cells_as_pandas_read_the_training_data(tmp_path):
     assert columns == ["active", "size", "island", "note"]
     assert records == [{"active": False, "size": 3, "island": "Dream", "note": None},
                        {"active": True, "size": 2.5, "island": None, "note": "x"}]
+
+
+def test_a_text_file_that_is_not_utf8_is_read_as_latin1(tmp_path, capsys):
+    from pipelines.predict import read_texts
+
+    path = tmp_path / "texts.txt"
+    path.write_bytes("très bon café\n\nnul\n".encode("latin-1"))
+    assert read_texts((), path) == ["très bon café", "nul"]
+    assert "--file" in capsys.readouterr().err

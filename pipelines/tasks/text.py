@@ -15,7 +15,7 @@ from export.config import OnnxConfig, ParityTolerance, TensorConfig
 from export.parity import ParityCase
 from export.quantize import QuantizationGate
 from export.report import TrainingSummary
-from pipelines.data import download_book_dataset, read_table
+from pipelines.data import download_book_dataset, read_table, read_text_file
 from pipelines.errors import PipelineError
 from pipelines.tasks.base import (
     BuiltLearner, PreparedData, PreprocessingProbe, Task, TaskOptions, option, valid_data_option,
@@ -177,7 +177,7 @@ class TextTask(Task):
             if label_col is not None and not set(frame[label_col]) <= set(self.labels(learn)):
                 label_col = None  # not the learner's classes, or not every text labelled: no accuracy
         else:
-            lines = [line for line in sample.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+            lines = [line for line in read_text_file(sample, "--sample").splitlines() if line.strip()]
             frame, text_col, label_col = pd.DataFrame({"text": lines}), "text", None
         if frame.empty:
             raise PipelineError(f"--sample {sample}: no texts in it")
