@@ -55,3 +55,16 @@ def test_a_text_file_that_is_not_utf8_is_read_as_latin1(tmp_path, capsys):
     path.write_bytes("très bon café\n\nnul\n".encode("latin-1"))
     assert read_texts((), path) == ["très bon café", "nul"]
     assert "--file" in capsys.readouterr().err
+
+
+def test_the_unseen_class_check_leaves_a_split_without_validation_rows_to_fastai():
+    import numpy as np
+    import pandas as pd
+
+    from pipelines.tasks.tabular import classes_seen_in_training
+
+    labels = pd.Series(["a", "b", "c", "c"])
+    assert classes_seen_in_training(labels, np.array([False, False, False, False])).tolist() == [True] * 4
+    assert classes_seen_in_training(labels, np.array([False, True, False, True])).tolist() == [True, False, True, True]
+    with pytest.raises(PipelineError, match="no validation row has a class"):
+        classes_seen_in_training(labels, np.array([False, True, False, False]))

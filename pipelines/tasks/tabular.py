@@ -76,7 +76,7 @@ def classes_seen_in_training(labels, is_valid: np.ndarray) -> np.ndarray:
         classes = sorted(set(labels[unseen]), key=str)
         print(f"      left out {int(unseen.sum())} validation row(s) of class(es) no training row has: "
               f"{', '.join(map(repr, classes[:5]))}{', ...' if len(classes) > 5 else ''}")
-    if unseen.sum() == is_valid.sum():
+    if unseen.any() and unseen.sum() == is_valid.sum():
         raise PipelineError("no validation row has a class that the training rows have")
     return ~unseen
 
