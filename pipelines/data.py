@@ -86,11 +86,7 @@ def read_table(path: Path, option: str = "--data", expected: str = "a CSV/TSV/Pa
                 raise PipelineError(f"{option} {path}: reading Parquet needs pyarrow (pip install pyarrow, or this "
                                     "project's `parquet` extra)")
             return pd.read_parquet(path)
-        try:
-            return read_delimited(path, "utf-8", sniff=suffix in (".tsv", ".txt"))
-        except UnicodeDecodeError:
-            print(f"      {option} {path} is not UTF-8: read as Latin-1", file=sys.stderr)
-            return read_delimited(path, "latin-1", sniff=suffix in (".tsv", ".txt"))
+        return read_delimited(read_text_file(path, option), sniff=suffix in (".tsv", ".txt"))
     except PipelineError:
         raise
     except Exception as error:
@@ -107,18 +103,20 @@ def read_text_file(path: Path, option: str) -> str:
         return raw.decode("latin-1")
 
 
-def read_delimited(path: Path, encoding: str, sniff: bool):
+def read_delimited(text: str, sniff: bool):
     """A CSV, or (sniff) a TSV or text table with any separator. A CSV whose one column's name holds `;`, a tab
     or `|` was written with that separator (spreadsheets in many locales use `;`) and is read again with it."""
+    import io
+
     import pandas as pd
 
     if sniff:
-        return pd.read_csv(path, sep=None, engine="python", encoding=encoding)
-    frame = pd.read_csv(path, encoding=encoding)
+        return pd.read_csv(io.StringIO(text), sep=None, engine="python")
+    frame = pd.read_csv(io.StringIO(text))
     if frame.shape[1] == 1:
         for separator in (";", "\t", "|"):
             if separator in str(frame.columns[0]):
-                return pd.read_csv(path, sep=separator, encoding=encoding)
+                return pd.read_csv(io.StringIO(text), sep=separator)
     return frame
 
 

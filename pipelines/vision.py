@@ -63,7 +63,7 @@ def resolve_image_files(options: ImageFolderOptions) -> tuple[list[Path], callab
         from fastai.data.external import URLs
 
         path = download_book_dataset(URLs.PETS, "Oxford-IIIT Pets", "--data digits or --data FOLDER")
-        files = readable_training_images(image_files(path / "images"), f"{path / 'images'}")
+        files = readable_training_images(image_files(path / "images"), str(path / "images"))
         return files, regex_label_func(BOOK_LABEL_PATTERN), f"Oxford-IIIT Pets ({path})"
     folder = Path(data).expanduser()
     if not folder.exists():

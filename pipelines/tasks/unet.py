@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,11 +88,8 @@ def check_masks_fit(path: Path, files: list[Path], codes: list[str], resized: bo
                             f"e.g. {label_func(image).name} holds {largest}; codes.txt names {len(codes)} classes "
                             f"(0-{len(codes) - 1}): codes.txt needs a line for every index the masks hold, or the "
                             f"masks remapped to the ones it names.{colours}")
-    sizes = {}
-    for image_size, *_ in surveys:
-        sizes[image_size] = sizes.get(image_size, 0) + 1
-    if len(sizes) > 1 and not resized:
-        common = sorted(sizes.items(), key=lambda item: -item[1])
+    common = Counter(image_size for image_size, *_ in surveys).most_common()
+    if len(common) > 1 and not resized:
         listed = ", ".join(f"{height}x{width} ({count})" for (width, height), count in common[:4])
         (width, height), _ = common[0]
         raise PipelineError(f"--data {path}: the images differ in size ({listed}{', ...' if len(common) > 4 else ''}); "
