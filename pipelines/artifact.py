@@ -205,14 +205,18 @@ def recognise_task(learn, requested: str = "auto") -> Task:
         task = get_task(requested)
         if not task.recognises(learn):
             raise PipelineError(f"--task {requested}: this learner's model is a {model_class}, not a {requested} model")
-        return task
-    matches = [name for name, task_class in TASKS.items() if task_class.recognises(learn)]
-    if not matches:
-        raise PipelineError(
-            f"this learner's model is a {model_class}, which no task recognises; known tasks: "
-            + "; ".join(f"{name} ({TASKS[name].summary})" for name in sorted(TASKS))
-        )
-    return get_task(matches[0])
+    else:
+        matches = [name for name, task_class in TASKS.items() if task_class.recognises(learn)]
+        if not matches:
+            raise PipelineError(
+                f"this learner's model is a {model_class}, which no task recognises; known tasks: "
+                + "; ".join(f"{name} ({TASKS[name].summary})" for name in sorted(TASKS))
+            )
+        task = get_task(matches[0])
+    refusal = task.refusal(learn)
+    if refusal:
+        raise PipelineError(refusal)
+    return task
 
 
 def import_learner(learner: Path, sample: Path, folder: Path, requested_task: str = "auto") -> ModelSource:

@@ -6,6 +6,7 @@ and the served answers are compared with that process's own `learn.predict` on t
 """
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,40 @@ def test_tabular_learner_is_served(tmp_path):
     for prediction, probabilities in zip(answer["predictions"], expected["probabilities"]):
         for label, probability in zip(expected["labels"], probabilities):
             assert abs(prediction["probabilities"][label] - probability) < 1e-4
+
+
+def test_tabular_learner_without_fillmissing_or_normalize(tmp_path):
+    """procs=[Categorify] only: nothing to fill, columns go in unscaled; a sample row fastai would compute
+    NaN for (no value, no FillMissing) is left out of parity with a line, as the service refuses it."""
+    user_learner("tabular_bare_procs.py", tmp_path / "user")
+    folder = tmp_path / "artifact"
+    exported = run_cli("export", "--learner", str(tmp_path / "user" / "export.pkl"), "--sample",
+                       str(tmp_path / "user" / "records.csv"), "--output", str(folder))
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert "left out 1 sample row(s) with no value in bill_length_mm" in exported.stdout
+    verified = run_cli("verify", str(folder))
+    assert verified.returncode == 0 and "parity passed" in verified.stdout, verified.stderr[-3000:]
+    preprocessing = json.loads((folder / "manifest.json").read_text())["preprocessing"]
+    assert preprocessing["fill_values"] == {}
+    assert set(preprocessing["means"].values()) == {0.0} and set(preprocessing["stds"].values()) == {1.0}
+
+
+def test_learners_whose_targets_no_task_serves_are_refused(tmp_path, digits_folder):
+    """A multi-label or regression vision_learner has the classifier's layers; serving it with a softmax
+    would answer wrongly, so export refuses it in one line (so for tabular multi-label and multi-target)."""
+    from pipelines.artifact import load_user_learner, recognise_task
+    from pipelines.errors import PipelineError
+
+    user_learner("unserved_targets.py", digits_folder, tmp_path)
+    assert_clean_failure(run_cli("export", "--learner", str(tmp_path / "vision_multi_label.pkl"), "--sample",
+                                 str(digits_folder), "--output", str(tmp_path / "out")),
+                         "this classifier learner predicts several labels per input", "BCEWithLogitsLossFlat")
+    assert not (tmp_path / "out").exists()
+    for learner, message in (("vision_regression", "this classifier learner predicts numbers (RegressionBlock)"),
+                             ("tabular_multi_label", "this tabular learner predicts several labels per input"),
+                             ("tabular_two_targets", "predicts 2 targets at once (bill_length_mm, body_mass_g)")):
+        with pytest.raises(PipelineError, match=re.escape(message)):
+            recognise_task(load_user_learner(tmp_path / f"{learner}.pkl"))
 
 
 # ----- the errors a user meets ----------------------------------------------------------------------

@@ -216,6 +216,11 @@ class Task(ABC):
     def recognises(cls, learn) -> bool:
         """Whether `learn` (from fastai's `load_learner`) is a Learner of this task."""
 
+    def refusal(self, learn) -> str | None:
+        """Why this task cannot serve what a recognised Learner predicts (e.g. several labels per input), or
+        None. The model's layers alone cannot tell; the targets' transforms and the loss can."""
+        return None
+
     @abstractmethod
     def sample_data(self, learn, sample: Path) -> PreparedData:
         """The user's `--sample` read for this Learner: raw inputs for parity and the preprocessing check."""
@@ -327,3 +332,33 @@ class Task(ABC):
         path = Path(folder) / WEIGHTS_FILE
         torch.save(learn.model.state_dict(), path)
         return path
+
+
+MULTI_LABEL_TRANSFORMS = {"MultiCategorize", "EncodedMultiCategorize", "OneHotEncode"}
+
+
+def target_kind(learn) -> str:
+    """What a classifier-shaped Learner predicts: 'multi-label' (fastai's MultiCategoryBlock: a sigmoid per
+    class, every class over a threshold), 'regression' (RegressionBlock: numbers) or 'single-label' (one
+    class by softmax, what the services serve)."""
+    dataset = learn.dls.train_ds
+    pipelines = [*(getattr(dataset, "tfms", None) or []), getattr(dataset, "procs", None)]
+    names = {type(f).__name__ for pipeline in pipelines if pipeline is not None for f in getattr(pipeline, "fs", [])}
+    if names & MULTI_LABEL_TRANSFORMS or "BCE" in type(getattr(learn, "loss_func", None)).__name__:
+        return "multi-label"
+    if "RegressionSetup" in names:
+        return "regression"
+    return "single-label"
+
+
+def single_label_refusal(learn, task_name: str, regression_served: bool = False) -> str | None:
+    """The refusal of a Learner whose targets are not one class per input (see `target_kind`)."""
+    kind = target_kind(learn)
+    if kind == "multi-label":
+        return (f"this {task_name} learner predicts several labels per input (multi-label: MultiCategoryBlock, "
+                f"{type(learn.loss_func).__name__}); the {task_name} task serves one class per input (softmax), "
+                "so its answers would be wrong; multi-label learners are not supported yet")
+    if kind == "regression" and not regression_served:
+        return (f"this {task_name} learner predicts numbers (RegressionBlock), not classes; the {task_name} task "
+                "serves classes; regression learners of this kind are not supported yet")
+    return None

@@ -20,7 +20,7 @@ from export.config import OnnxConfig, ParityTolerance, TensorConfig
 from export.parity import ParityCase
 from export.quantize import QuantizationGate
 from pipelines.errors import PipelineError
-from pipelines.tasks.base import BuiltLearner, PreparedData, Task, option
+from pipelines.tasks.base import BuiltLearner, PreparedData, Task, option, single_label_refusal
 from pipelines.training import TrainingHistory
 from pipelines.vision import (
     ImageFolderOptions, fastai_image_tensors, image_preprocessing, image_probes, imagenet_weights, resolve_image_files,
@@ -204,6 +204,9 @@ class ClassifierTask(Task):
         head = model[1]
         pools = (AdaptiveConcatPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
         return isinstance(head, nn.Module) and any(isinstance(m, pools) for m in head.modules())
+
+    def refusal(self, learn) -> str | None:
+        return single_label_refusal(learn, self.name)
 
     # ----- export -----------------------------------------------------------------------------
     def exportable_module(self, learn):

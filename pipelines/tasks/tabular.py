@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
 import numpy as np
 
 from export.config import OnnxConfig, ParityTolerance, TensorConfig
@@ -13,7 +14,8 @@ from export.quantize import QuantizationGate
 from pipelines.data import download_book_dataset, read_table
 from pipelines.errors import PipelineError
 from pipelines.tasks.base import (
-    BuiltLearner, PreparedData, PreprocessingProbe, Task, TaskOptions, option, valid_data_option,
+    BuiltLearner, PreparedData, PreprocessingProbe, Task, TaskOptions, option, single_label_refusal, target_kind,
+    valid_data_option,
 )
 from services.manifest import TabularPreprocessing
 from services.tabular_preprocessing import encode_records
@@ -226,6 +228,15 @@ class TabularTask(Task):
                                 f"(it has {', '.join(map(str, frame.columns))})")
         if frame.empty:
             raise PipelineError(f"--sample {sample}: no records in it")
+        unfilled = [c for c in spec.cont_names if c not in spec.fill_values and frame[c].isna().any()]
+        if unfilled:
+            without_values = frame[unfilled].isna().any(axis=1)
+            click.echo(f"      left out {int(without_values.sum())} sample row(s) with no value in {', '.join(unfilled)}: "
+                       "this learner has no FillMissing for those columns, so fastai computes NaN for such rows "
+                       "and the service refuses them (400)")
+            frame = frame[~without_values]
+            if frame.empty:
+                raise PipelineError(f"--sample {sample}: every record lacks a value in {', '.join(unfilled)}")
         return PreparedData(dls=learn.dls, source=f"sample {sample}", details={
             "sample_rows": len(frame), "target": spec.target, "raw_valid": frame.reset_index(drop=True)})
 
@@ -250,6 +261,13 @@ class TabularTask(Task):
         from fastai.tabular.model import TabularModel
 
         return isinstance(learn.model, TabularModel)
+
+    def refusal(self, learn) -> str | None:
+        if len(learn.dls.y_names) > 1 and target_kind(learn) != "multi-label":
+            return (f"this tabular learner predicts {len(learn.dls.y_names)} targets at once "
+                    f"({', '.join(learn.dls.y_names)}); the tabular task serves one target per record; "
+                    "learners with several targets are not supported yet")
+        return single_label_refusal(learn, self.name, regression_served=True)
 
     # ----- export -----------------------------------------------------------------------------
     def exportable_module(self, learn):
@@ -278,14 +296,13 @@ class TabularTask(Task):
 
     def awkward_rows(self, learn, frame):
         """Validation rows with unseen categories and missing values, where fastai can fill them."""
-        procs = learn.dls.train_ds.procs
         rows = frame.head(7).copy()
         for position, column in enumerate(learn.dls.cat_names):
             if column in rows.columns and not column.endswith("_na"):
                 rows[column] = rows[column].astype(object)  # a bool or integer column cannot hold the unseen string
                 rows.loc[rows.index[position % len(rows)], column] = UNSEEN
                 rows.loc[rows.index[(position + 3) % len(rows)], column] = None
-        for column in procs.fill_missing.na_dict:
+        for column in self.preprocessing(learn).fill_values:
             rows.loc[rows.index[1], column] = np.nan
         return rows
 
@@ -317,16 +334,23 @@ class TabularTask(Task):
 
     def preprocessing(self, learn) -> TabularPreprocessing:
         procs = learn.dls.train_ds.procs
-        categorify, fill, normalize = procs.categorify, procs.fill_missing, procs.normalize
+        # A learner may be trained without FillMissing (no missing values) or Normalize; then nothing is
+        # filled (a missing value is a 400, as fastai would compute NaN) and the columns go in as they are.
+        categorify, fill, normalize = (getattr(procs, name, None) for name in ("categorify", "fill_missing", "normalize"))
         x_cat_columns = list(learn.dls.cat_names)
+        if x_cat_columns and categorify is None:
+            raise PipelineError(f"this tabular learner has categorical columns ({', '.join(x_cat_columns)}) but no "
+                                "Categorify in its procs; the service needs Categorify's classes to encode them")
+        fill_values = {c: float(v) for c, v in fill.na_dict.items()} if fill is not None else {}
+        cont_names = list(learn.dls.cont_names)
         return TabularPreprocessing(
-            cat_names=[c for c in x_cat_columns if not (c.endswith("_na") and c[:-3] in fill.na_dict)],
-            cont_names=list(learn.dls.cont_names),
+            cat_names=[c for c in x_cat_columns if not (c.endswith("_na") and c[:-3] in fill_values)],
+            cont_names=cont_names,
             x_cat_columns=x_cat_columns,
             categories={c: [_plain(v) for v in categorify.classes[c]] for c in x_cat_columns},
-            fill_values={c: float(v) for c, v in fill.na_dict.items()},
-            means={c: float(v) for c, v in normalize.means.items()},
-            stds={c: float(v) for c, v in normalize.stds.items()},
+            fill_values=fill_values,
+            means={c: float(normalize.means[c]) if normalize is not None else 0.0 for c in cont_names},
+            stds={c: float(normalize.stds[c]) if normalize is not None else 1.0 for c in cont_names},
             target=learn.dls.y_names[0],
             target_type=target_type_of(learn),
         )

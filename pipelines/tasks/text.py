@@ -18,7 +18,7 @@ from export.report import TrainingSummary
 from pipelines.data import download_book_dataset, read_table, read_text_file
 from pipelines.errors import PipelineError
 from pipelines.tasks.base import (
-    BuiltLearner, PreparedData, PreprocessingProbe, Task, TaskOptions, option, valid_data_option,
+    BuiltLearner, PreparedData, PreprocessingProbe, Task, TaskOptions, option, single_label_refusal, valid_data_option,
 )
 from pipelines.tasks.tabular import class_labels, classes_seen_in_training
 from pipelines.training import TrainingHistory
@@ -279,6 +279,9 @@ class TextTask(Task):
         model = learn.model
         return (isinstance(model, SequentialRNN) and len(model) == 2 and isinstance(model[0], SentenceEncoder)
                 and isinstance(model[1], PoolingLinearClassifier))
+
+    def refusal(self, learn) -> str | None:
+        return single_label_refusal(learn, self.name)
 
     # ----- export -----------------------------------------------------------------------------
     def encoder_settings(self, learn) -> tuple[int, int]:

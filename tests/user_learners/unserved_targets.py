@@ -1,0 +1,41 @@
+"""Learners of a recognised model whose targets the tasks do not serve, untrained (what they predict is in
+their DataLoaders and loss, not their weights): a vision_learner for several labels per image
+(MultiCategoryBlock) and one for numbers (RegressionBlock), a tabular_learner for two labels and one for two
+numbers. Run: python unserved_targets.py IMAGES OUT
+
+Writes OUT/vision_multi_label.pkl, OUT/vision_regression.pkl, OUT/tabular_multi_label.pkl and
+OUT/tabular_two_targets.pkl."""
+
+import sys
+from pathlib import Path
+
+import palmerpenguins
+from fastai.tabular.all import *
+from fastai.vision.all import *
+
+images, out = Path(sys.argv[1]), Path(sys.argv[2])
+out.mkdir(parents=True, exist_ok=True)
+files = get_image_files(images)[:40]
+
+
+def digit_and_parity(path):
+    digit = path.name.rsplit("_", 1)[0]
+    return [digit, "even"] if digit in ("zero", "two", "four", "six", "eight") else [digit]
+
+
+def name_length(path):
+    return tensor([float(len(path.name)), 1.0])
+
+
+for name, block, get_y, extra in (("vision_multi_label", MultiCategoryBlock, digit_and_parity, {}),
+                                  ("vision_regression", RegressionBlock(n_out=2), name_length, {"y_range": (0, 20)})):
+    dls = DataBlock(blocks=(ImageBlock, block), get_y=get_y, item_tfms=Resize(32)).dataloaders(files, bs=8)
+    vision_learner(dls, resnet18, pretrained=False, **extra).export(out / f"{name}.pkl")
+
+df = palmerpenguins.load_penguins().dropna().reset_index(drop=True)
+df["heavy"], df["long"] = (df.body_mass_g > 4000).astype(int), (df.bill_length_mm > 44).astype(int)
+for name, y_names, block in (("tabular_multi_label", ["heavy", "long"], MultiCategoryBlock(encoded=True, vocab=["heavy", "long"])),
+                             ("tabular_two_targets", ["bill_length_mm", "body_mass_g"], RegressionBlock(n_out=2))):
+    dls = TabularDataLoaders.from_df(df, y_names=y_names, y_block=block, cat_names=["island"],
+                                     cont_names=["flipper_length_mm"], procs=[Categorify, Normalize])
+    tabular_learner(dls, layers=[8]).export(out / f"{name}.pkl")
