@@ -110,31 +110,86 @@ def torchvision_arch(arch: str):
     return getattr(tvm, arch)
 
 
-def image_preprocessing(dls):
-    """The serving-side preprocessing of a vision DataLoaders: its validation Resize (if any) and Normalize."""
+def image_preprocessing(dls, batch_resizing: bool = False):
+    """The serving-side preprocessing of a vision DataLoaders: its validation Resize (if any), batch-level
+    resize (with `batch_resizing`; the book's presizing) and Normalize."""
     from fastai.vision.all import Normalize, Resize
 
     from services.manifest import ImagePreprocessing
 
-    resizing = [type(t).__name__ for t in dls.valid.after_batch.fs if getattr(t, "size", None) is not None]
-    if resizing:
-        raise PipelineError(
-            f"the learner's DataLoaders resize images batch by batch ({', '.join(resizing)}, e.g. from "
-            "aug_transforms(size=...)); the serving preprocessing reproduces item-level Resize only. Train with "
-            "item_tfms=Resize(size) and aug_transforms() without size, or export a learner whose validation "
-            "transforms are item-level"
-        )
-    normalize = next((t for t in dls.valid.after_batch.fs if isinstance(t, Normalize)), None)
-    if normalize is None:
-        raise PipelineError("the learner's DataLoaders have no Normalize transform; the exporter needs the "
-                            "normalisation statistics the model was trained with")
-    stats = dict(mean=[float(v) for v in normalize.mean.flatten()], std=[float(v) for v in normalize.std.flatten()])
     resize = next((t for t in dls.valid.after_item.fs if isinstance(t, Resize)), None)
+    batch_resize = validation_batch_resize(dls, resize) if resize is not None else None
+    if batch_resize is None or not batch_resizing:
+        resizing = [type(t).__name__ for t in dls.valid.after_batch.fs if getattr(t, "size", None) is not None]
+        if resizing and (batch_resize is None or batch_resize.resizes):
+            raise PipelineError(
+                f"the learner's DataLoaders resize images batch by batch ({', '.join(resizing)}, e.g. from "
+                "aug_transforms(size=...)); the serving preprocessing reproduces that for classifiers after an "
+                "item-level Resize only. Train with item_tfms=Resize(size) and aug_transforms() without size, or "
+                "export a learner whose validation transforms are item-level"
+            )
+    normalize = next((t for t in dls.valid.after_batch.fs if isinstance(t, Normalize)), None)
+    # vision_learner adds Normalize for pretrained weights only; without it the model saw pixels / 255
+    stats = (dict(mean=[float(v) for v in normalize.mean.flatten()], std=[float(v) for v in normalize.std.flatten()])
+             if normalize is not None else dict(mean=[0.0] * 3, std=[1.0] * 3))
     if resize is None:
         return ImagePreprocessing(color_mode="RGB", resize_method="none", **stats)
     width, height = resize.size  # fastai stores (width, height)
     return ImagePreprocessing(color_mode="RGB", height=int(height), width=int(width),
-                              resize_method="crop" if resize.method == "crop" else "squish", **stats)
+                              resize_method=resize.method if resize.method in ("crop", "pad") else "squish",
+                              pad_mode=resize.pad_mode, batch_resize=batch_resize, **stats)
+
+
+def validation_batch_resize(dls, resize):
+    """What the batch transforms that resample (`aug_transforms`' AffineCoordTfm, `RandomResizedCropGPU`)
+    do at validation to an item of the Resize's size, step by step, as a `BatchResize` (None: none).
+    Those that keep the size still resample: at 224x224 their float rounding moves pixels by 2e-5.
+    `RandomResizedCropGPU` crops the centre to its ratio; both sample the identity grid at their size (an
+    AffineCoordTfm without one: the image's) through fastai's `_grid_sample`, which shrinks by area first
+    where it shrinks much."""
+    import torch
+    import torch.nn.functional as F
+    from fastai.vision.augment import AffineCoordTfm, RandomResizedCropGPU, affine_grid
+
+    from services.manifest import BatchResize, ResampleStep
+
+    width, height = resize.size
+    image = torch.zeros(1, 3, int(height), int(width))
+    steps, resized = [], False
+    for transform in dls.valid.after_batch.fs:
+        name = type(transform).__name__
+        if not isinstance(transform, (AffineCoordTfm, RandomResizedCropGPU)):
+            if getattr(transform, "size", None) is not None:
+                raise PipelineError(f"the learner's DataLoaders resize batches with {name}; the serving "
+                                    "preprocessing reproduces aug_transforms(size=...) and RandomResizedCropGPU only")
+            continue
+        if transform.mode != "bilinear":
+            raise PipelineError(f"the learner's {name} resamples with mode {transform.mode!r}; the serving "
+                                "preprocessing reproduces 'bilinear' only")
+        crop = None
+        if isinstance(transform, RandomResizedCropGPU):
+            transform.before_call(image, split_idx=1)
+            crop = (*transform.tl, *transform.cp_size)
+            image = image[..., crop[0]:crop[0] + crop[2], crop[1]:crop[1] + crop[3]]
+            align_corners, pad_mode = True, "reflection"  # TensorImage.affine_coord's defaults, which it uses
+        else:
+            align_corners, pad_mode = bool(transform.align_corners), str(transform.pad_mode)
+        size = transform.size if transform.size is not None else tuple(image.shape[-2:])
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        coords = affine_grid(torch.eye(3)[None, :2], image.shape[:2] + size, align_corners=align_corners)
+        area_size = None
+        # fastai's _grid_sample as written (its d compares the input height with the output width, and the
+        # input width with 2: coords' last two dimensions)
+        z = 1 / (coords.max() - coords.min()).item() * 2
+        d = min(image.shape[-2] / coords.shape[-2], image.shape[-1] / coords.shape[-1]) / 2
+        if d > 1 and d > z:
+            image = F.interpolate(image, scale_factor=1 / d, mode="area", recompute_scale_factor=True)
+            area_size = tuple(image.shape[-2:])
+        resized = resized or size != tuple(image.shape[-2:]) or crop is not None or area_size is not None
+        image = torch.zeros(1, 3, *size)
+        steps.append(ResampleStep(crop=crop, area_size=area_size, grid_y=coords[0, :, 0, 1].tolist(),
+                                  grid_x=coords[0, 0, :, 0].tolist(), align_corners=align_corners, pad_mode=pad_mode))
+    return BatchResize(steps=tuple(steps), resizes=resized) if steps else None
 
 
 def fastai_image_tensors(dls, files) -> list:

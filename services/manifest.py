@@ -41,12 +41,42 @@ class TensorSpec(BaseModel):
     shape: list[int | str]
 
 
+class ResampleStep(BaseModel):
+    """One fastai batch transform's resampling at validation, on the float image: an optional crop
+    ([top, left, height, width]), fastai's area pre-shrink where it shrinks much (`area_size`:
+    [height, width]), then `F.grid_sample` (bilinear) at normalised coordinates `grid_y` (one per output
+    row) and `grid_x` (one per output column): the identity grid at the transform's size."""
+
+    model_config = ConfigDict(frozen=True)
+
+    crop: Optional[tuple[int, int, int, int]] = None
+    area_size: Optional[tuple[int, int]] = None
+    grid_y: tuple[float, ...]
+    grid_x: tuple[float, ...]
+    align_corners: bool
+    pad_mode: Literal["zeros", "border", "reflection"] = "reflection"
+
+
+class BatchResize(BaseModel):
+    """fastai's batch-level resampling at validation, on the item-sized image: each `aug_transforms` or
+    `RandomResizedCropGPU` transform resamples once, in order, even one that keeps the size (its float
+    rounding moves pixel values by up to 2e-5 at 224x224); with a size it resizes (the book's presizing:
+    `item_tfms=Resize(460)`, `batch_tfms=aug_transforms(size=224)`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    steps: tuple[ResampleStep, ...]
+    resizes: bool = True  # False: every step keeps the size (aug_transforms() without size: rounding only)
+
+
 class ImagePreprocessing(BaseModel):
     """Everything needed to turn an uploaded image into the tensor fastai fed the model at validation.
 
     fastai's validation-time `Resize(method="crop")` takes the largest centred crop with the target's
-    aspect ratio, then resizes it with `resample`; `Normalize` subtracts `mean` and divides by `std`
-    after scaling to [0, 1].
+    aspect ratio, then resizes it with `resample` (`"pad"`: the smallest centred window with that aspect,
+    the image padded by `pad_mode`); `batch_resize`, where fastai resized batches too, takes it from there;
+    `Normalize` subtracts `mean` and divides by `std` after scaling to [0, 1] (0 and 1 where the
+    DataLoaders had no Normalize).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -56,11 +86,20 @@ class ImagePreprocessing(BaseModel):
     # None with resize_method "none": the model takes the image at its own size (fastai had no Resize).
     height: Optional[int] = Field(default=None, gt=0)
     width: Optional[int] = Field(default=None, gt=0)
-    resize_method: Literal["crop", "squish", "none"] = "crop"
+    resize_method: Literal["crop", "squish", "pad", "none"] = "crop"
+    pad_mode: Literal["zeros", "border", "reflection"] = "reflection"
     resample: Literal["bilinear", "nearest", "bicubic"] = "bilinear"
+    batch_resize: Optional[BatchResize] = None
     scale: float = 255.0
     mean: list[float]
     std: list[float]
+
+    @property
+    def model_size(self) -> tuple[Optional[int], Optional[int]]:
+        """(height, width) of the tensor the model takes (None: any)."""
+        if self.batch_resize is not None:
+            return len(self.batch_resize.steps[-1].grid_y), len(self.batch_resize.steps[-1].grid_x)
+        return self.height, self.width
 
 
 class TabularPreprocessing(BaseModel):

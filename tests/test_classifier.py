@@ -160,20 +160,39 @@ def test_an_unconvertible_custom_body_is_named(tmp_path, digits_folder):
     assert_clean_failure(completed, "no exporter could convert the model", "my_bodies.SpectralBody")
 
 
-def test_a_learner_that_resizes_on_the_batch_is_refused_clearly(tmp_path, digits_folder):
-    """The book's pets recipe resizes on the batch (aug_transforms(size=224)); the served preprocessing does not."""
+def test_a_learner_that_resizes_on_the_batch_is_exported_verified_and_served(tmp_path, digits_folder):
+    """The book's pets recipe (presizing): Resize on the item, then aug_transforms(size=..., min_scale=0.75)
+    on the batch; at validation fastai's GPU transforms resample to the model's size, and so does serving."""
     import subprocess
     import sys
 
     script = tmp_path / "make.py"
     script.write_text(
-        "import sys\nfrom fastai.vision.all import *\npath = Path(sys.argv[1])\n"
+        "import json, sys\nfrom fastai.vision.all import *\npath = Path(sys.argv[1])\n"
         "dls = ImageDataLoaders.from_name_re(path, get_image_files(path)[:60], r'^(.*)_\\d+.jpg$', item_tfms=Resize(40), "
         "batch_tfms=aug_transforms(size=32, min_scale=0.75))\n"
         "learn = vision_learner(dls, resnet18, pretrained=False)\nlearn.export(sys.argv[2])\n"
+        "files = get_image_files(path)[:4]\n"
+        "print(json.dumps({str(f): learn.predict(f)[2].tolist() for f in files}))\n"
     )
-    subprocess.run([sys.executable, str(script), str(digits_folder), str(tmp_path / "batch.pkl")], check=True,
-                   capture_output=True)
-    completed = run_cli("export", "--learner", str(tmp_path / "batch.pkl"), "--sample", str(digits_folder),
-                        "--output", str(tmp_path / "out"))
-    assert_clean_failure(completed, "resize images batch by batch", "item_tfms=Resize(size)")
+    made = subprocess.run([sys.executable, str(script), str(digits_folder), str(tmp_path / "batch.pkl")],
+                          capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr[-3000:]
+    expected = json.loads(made.stdout.strip().splitlines()[-1])
+    folder = tmp_path / "out"
+    exported = run_cli("export", "--learner", str(tmp_path / "batch.pkl"), "--sample", str(digits_folder),
+                       "--output", str(folder))
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    verified = run_cli("verify", str(folder))
+    assert verified.returncode == 0 and "parity passed" in verified.stdout, verified.stderr[-3000:]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["preprocessing"]["batch_resize"]["resizes"] and manifest["inputs"][0]["shape"][0] == "batch"
+    registered = run_cli("register", str(folder), "--name", "classifier-presized")
+    assert registered.returncode == 0, registered.stderr[-3000:]
+    with bentoml_server("services.classifier:ClassifierService",
+                        env={"CLASSIFIER_MODEL_TAG": "classifier-presized:latest"}) as url:
+        for path, probabilities in expected.items():
+            with open(path, "rb") as image:
+                answer = requests.post(f"{url}/predict", files={"image": image}, data={"k": "10"}, timeout=30).json()
+            served = {entry["label"]: entry["probability"] for entry in answer["predictions"][0]["top"]}
+            assert max(abs(served[label] - p) for label, p in zip(sorted(served), probabilities)) < 1e-4

@@ -109,3 +109,60 @@ def test_truncated_jpeg_is_rejected():
     data = image_bytes(_photo(200, 150), "JPEG", quality=95)
     with pytest.raises(InvalidImageError, match="image_b: the image could not be decoded"):
         decode_image(data[: len(data) // 2], "image_b")
+
+
+def _recipes():
+    from fastai.vision.all import RandomResizedCropGPU, Resize, aug_transforms
+
+    return {
+        "book presizing": ([Resize(96)], aug_transforms(size=48, min_scale=0.75)),
+        "aug_transforms(size) after a squish": ([Resize((60, 90), method="squish")], aug_transforms(size=(32, 40))),
+        "RandomResizedCropGPU": ([Resize((50, 80))], [RandomResizedCropGPU(36)]),
+        "aug_transforms() at 224 (resamples at its own size)": ([Resize(224)], aug_transforms()),
+        "Resize pad, zeros": ([Resize((40, 56), method="pad", pad_mode="zeros")], []),
+        "Resize pad, reflection": ([Resize(40, method="pad")], []),
+        "Resize pad, border": ([Resize((30, 50), method="pad", pad_mode="border")], []),
+        "no Normalize": ([Resize(32)], []),
+    }
+
+
+@pytest.mark.parametrize("recipe", ["book presizing", "aug_transforms(size) after a squish", "RandomResizedCropGPU",
+                                    "aug_transforms() at 224 (resamples at its own size)", "Resize pad, zeros",
+                                    "Resize pad, reflection", "Resize pad, border", "no Normalize"])
+def test_classifier_recipes_are_served_as_fastai_computes_them(recipe, tmp_path):
+    """Each way users resize and normalise for a vision_learner, served (numpy + Pillow) as fastai's
+    validation pipeline computes it, within the classifier's preprocessing tolerance."""
+    from fastai.vision.all import ImageDataLoaders, Normalize, imagenet_stats
+
+    from pipelines.registry import get_task
+    from pipelines.vision import fastai_image_tensors
+
+    item_tfms, batch_tfms = _recipes()[recipe]
+    if recipe != "no Normalize":
+        batch_tfms = [*batch_tfms, Normalize.from_stats(*imagenet_stats)]
+    files = [path for name, path in raw_files(tmp_path).items() if name != "tiny.png"]
+    dls = ImageDataLoaders.from_path_func(tmp_path, files, lambda path: Path(path).stem, valid_pct=0.5, seed=0,
+                                          item_tfms=item_tfms, batch_tfms=batch_tfms, bs=2)
+    task = get_task("classifier")
+    spec = task.preprocessing(type("L", (), {"dls": dls})())
+    assert (spec.batch_resize is not None) == (recipe in ("book presizing", "aug_transforms(size) after a squish",
+                                                          "RandomResizedCropGPU", "aug_transforms() at 224 (resamples at its own size)"))
+    for path, expected in zip(files, fastai_image_tensors(dls, files)):
+        served = image_to_tensor(decode_image(path.read_bytes(), "image"), spec)
+        assert served.shape == expected.shape, path.name
+        np.testing.assert_allclose(served, expected, atol=task.onnx_config.tolerance.preprocessing_atol, rtol=0,
+                                   err_msg=path.name)
+
+
+def test_siamese_and_unet_refuse_batch_resizing_that_changes_the_size(tmp_path):
+    from fastai.vision.all import ImageDataLoaders, Resize, aug_transforms
+
+    from pipelines.errors import PipelineError
+    from pipelines.vision import image_preprocessing
+
+    files = list(raw_files(tmp_path).values())
+    dls = ImageDataLoaders.from_path_func(tmp_path, files, lambda path: Path(path).stem, valid_pct=0.5, seed=0,
+                                          item_tfms=Resize(64), batch_tfms=aug_transforms(size=32), bs=2)
+    with pytest.raises(PipelineError, match="resize images batch by batch"):
+        image_preprocessing(dls)
+    assert image_preprocessing(dls, batch_resizing=True).model_size == (32, 32)

@@ -216,7 +216,7 @@ class ClassifierTask(Task):
         import torch
 
         spec = self.preprocessing(learn)
-        return (torch.randn(2, 3, spec.height, spec.width, generator=torch.Generator().manual_seed(0)),)
+        return (torch.randn(2, 3, *spec.model_size, generator=torch.Generator().manual_seed(0)),)
 
     def evaluation_arrays(self, learn, data: PreparedData) -> tuple[np.ndarray, np.ndarray | None]:
         if "sample_images" in data.details:
@@ -251,7 +251,7 @@ class ClassifierTask(Task):
         return [str(label) for label in learn.dls.vocab]
 
     def preprocessing(self, learn):
-        spec = image_preprocessing(learn.dls)
+        spec = image_preprocessing(learn.dls, batch_resizing=True)
         if spec.resize_method == "none":
             raise PipelineError("this classifier's DataLoaders have no Resize item transform; the service needs the "
                                 "size the model was trained at (add item_tfms=Resize(size))")
