@@ -118,22 +118,21 @@ def image_preprocessing(dls, batch_resizing: bool = False):
     from services.manifest import ImagePreprocessing
 
     resize = next((t for t in dls.valid.after_item.fs if isinstance(t, Resize)), None)
-    batch_resize = validation_batch_resize(dls, resize) if resize is not None else None
-    if batch_resize is None or not batch_resizing:
+    batch_resize = validation_batch_resize(dls, resize)
+    if batch_resize is not None and batch_resize.resizes and not (batch_resizing and resize is not None):
         resizing = [type(t).__name__ for t in dls.valid.after_batch.fs if getattr(t, "size", None) is not None]
-        if resizing and (batch_resize is None or batch_resize.resizes):
-            raise PipelineError(
-                f"the learner's DataLoaders resize images batch by batch ({', '.join(resizing)}, e.g. from "
-                "aug_transforms(size=...)); the serving preprocessing reproduces that for classifiers after an "
-                "item-level Resize only. Train with item_tfms=Resize(size) and aug_transforms() without size, or "
-                "export a learner whose validation transforms are item-level"
-            )
+        raise PipelineError(
+            f"the learner's DataLoaders resize images batch by batch ({', '.join(resizing)}, e.g. from "
+            "aug_transforms(size=...)); the serving preprocessing reproduces that for classifiers after an "
+            "item-level Resize only. Train with item_tfms=Resize(size) and aug_transforms() without size, or "
+            "export a learner whose validation transforms are item-level"
+        )
     normalize = next((t for t in dls.valid.after_batch.fs if isinstance(t, Normalize)), None)
     # vision_learner adds Normalize for pretrained weights only; without it the model saw pixels / 255
     stats = (dict(mean=[float(v) for v in normalize.mean.flatten()], std=[float(v) for v in normalize.std.flatten()])
              if normalize is not None else dict(mean=[0.0] * 3, std=[1.0] * 3))
     if resize is None:
-        return ImagePreprocessing(color_mode="RGB", resize_method="none", **stats)
+        return ImagePreprocessing(color_mode="RGB", resize_method="none", batch_resize=batch_resize, **stats)
     width, height = resize.size  # fastai stores (width, height)
     return ImagePreprocessing(color_mode="RGB", height=int(height), width=int(width),
                               resize_method=resize.method if resize.method in ("crop", "pad") else "squish",
@@ -142,20 +141,17 @@ def image_preprocessing(dls, batch_resizing: bool = False):
 
 def validation_batch_resize(dls, resize):
     """What the batch transforms that resample (`aug_transforms`' AffineCoordTfm, `RandomResizedCropGPU`)
-    do at validation to an item of the Resize's size, step by step, as a `BatchResize` (None: none).
-    Those that keep the size still resample: at 224x224 their float rounding moves pixels by 2e-5.
-    `RandomResizedCropGPU` crops the centre to its ratio; both sample the identity grid at their size (an
-    AffineCoordTfm without one: the image's) through fastai's `_grid_sample`, which shrinks by area first
-    where it shrinks much."""
+    do at validation, step by step, as a `BatchResize` (None: none). Those that keep the size resample
+    too: at 224x224 their float rounding moves values by 2e-5. `RandomResizedCropGPU` crops the centre to
+    its ratio (of an item of the Resize's size: without one it counts as resizing); both sample the
+    identity grid at their size (an AffineCoordTfm without one: the image's own)."""
     import torch
-    import torch.nn.functional as F
-    from fastai.vision.augment import AffineCoordTfm, RandomResizedCropGPU, affine_grid
+    from fastai.vision.augment import AffineCoordTfm, RandomResizedCropGPU
 
     from services.manifest import BatchResize, ResampleStep
 
-    width, height = resize.size
-    image = torch.zeros(1, 3, int(height), int(width))
-    steps, resized = [], False
+    size = tuple(int(v) for v in reversed(resize.size)) if resize is not None else None  # fastai: (width, height)
+    steps, resizes = [], False
     for transform in dls.valid.after_batch.fs:
         name = type(transform).__name__
         if not isinstance(transform, (AffineCoordTfm, RandomResizedCropGPU)):
@@ -168,28 +164,21 @@ def validation_batch_resize(dls, resize):
                                 "preprocessing reproduces 'bilinear' only")
         crop = None
         if isinstance(transform, RandomResizedCropGPU):
-            transform.before_call(image, split_idx=1)
-            crop = (*transform.tl, *transform.cp_size)
-            image = image[..., crop[0]:crop[0] + crop[2], crop[1]:crop[1] + crop[3]]
+            if size is not None:
+                transform.before_call(torch.zeros(1, 3, *size), split_idx=1)
+                crop = (*transform.tl, *transform.cp_size)
+                crop = crop if crop != (0, 0, *size) else None
+            resizes = resizes or size is None or crop is not None
             align_corners, pad_mode = True, "reflection"  # TensorImage.affine_coord's defaults, which it uses
         else:
             align_corners, pad_mode = bool(transform.align_corners), str(transform.pad_mode)
-        size = transform.size if transform.size is not None else tuple(image.shape[-2:])
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        coords = affine_grid(torch.eye(3)[None, :2], image.shape[:2] + size, align_corners=align_corners)
-        area_size = None
-        # fastai's _grid_sample as written (its d compares the input height with the output width, and the
-        # input width with 2: coords' last two dimensions)
-        z = 1 / (coords.max() - coords.min()).item() * 2
-        d = min(image.shape[-2] / coords.shape[-2], image.shape[-1] / coords.shape[-1]) / 2
-        if d > 1 and d > z:
-            image = F.interpolate(image, scale_factor=1 / d, mode="area", recompute_scale_factor=True)
-            area_size = tuple(image.shape[-2:])
-        resized = resized or size != tuple(image.shape[-2:]) or crop is not None or area_size is not None
-        image = torch.zeros(1, 3, *size)
-        steps.append(ResampleStep(crop=crop, area_size=area_size, grid_y=coords[0, :, 0, 1].tolist(),
-                                  grid_x=coords[0, 0, :, 0].tolist(), align_corners=align_corners, pad_mode=pad_mode))
-    return BatchResize(steps=tuple(steps), resizes=resized) if steps else None
+        target = transform.size
+        target = (target, target) if isinstance(target, int) else tuple(target) if target is not None else None
+        resizes = resizes or (target is not None and target != size)
+        size = target or size
+        steps.append(ResampleStep(crop=crop, size=target,
+                                  align_corners=align_corners, pad_mode=pad_mode))
+    return BatchResize(steps=tuple(steps), resizes=resizes) if steps else None
 
 
 def fastai_image_tensors(dls, files) -> list:

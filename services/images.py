@@ -88,25 +88,42 @@ def resize_like_fastai(image: Image.Image, spec: ImagePreprocessing) -> Image.Im
     return image.resize((spec.width, spec.height), RESAMPLE[spec.resample])
 
 
-def area_matrix(size: int, out: int) -> np.ndarray:
-    """(out, size): PyTorch's adaptive average pooling along one axis (F.interpolate mode 'area')."""
-    matrix = np.zeros((out, size))
-    for index in range(out):
-        start, end = index * size // out, -(-(index + 1) * size // out)
-        matrix[index, start:end] = 1.0 / (end - start)
-    return matrix
+def area_shrink(image: np.ndarray, out: int, axis: int) -> np.ndarray:
+    """PyTorch's adaptive average pooling (F.interpolate mode 'area') along one axis, by cumulative sums."""
+    size = image.shape[axis]
+    starts, ends = np.arange(out) * size // out, -(-(np.arange(out) + 1) * size // out)
+    sums = np.cumsum(image, axis=axis, dtype=np.float64)
+    sums = np.concatenate([np.zeros_like(np.take(sums, [0], axis=axis)), sums], axis=axis)
+    counts = (ends - starts).reshape([-1 if a == axis else 1 for a in range(image.ndim)])
+    return (np.take(sums, ends, axis=axis) - np.take(sums, starts, axis=axis)) / counts
 
 
-def grid_sample_matrix(size: int, grid: tuple[float, ...], align_corners: bool, pad_mode: str) -> np.ndarray:
-    """(len(grid), size): PyTorch's bilinear `grid_sample` along one axis at normalised coordinates `grid`,
-    the source positions computed in float32 as its CPU kernel does."""
-    coordinates = np.asarray(grid, dtype=np.float32)
+def identity_grid(size: int, align_corners: bool) -> np.ndarray:
+    """The normalised coordinates of `F.affine_grid` for the identity along one axis: PyTorch's float32
+    `linspace(-1, 1, size)` (each value start + step * i from the nearer end, fused multiply-add as its
+    CPU kernel computes it), times (size - 1) / size without align_corners."""
+    if size <= 1:
+        return np.zeros(size, dtype=np.float32)
+    step = np.float32(2) / np.float32(size - 1)
+    index = np.arange(size, dtype=np.float64)
+    grid = np.where(index < size // 2, -1.0 + np.float64(step) * index,
+                    1.0 - np.float64(step) * (size - 1 - index)).astype(np.float32)
+    if not align_corners:
+        grid = (grid * np.float32(size - 1)) / np.float32(size)
+    return grid
+
+
+@functools.lru_cache(maxsize=64)
+def grid_sample_taps(size: int, out: int, align_corners: bool, pad_mode: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """PyTorch's bilinear `grid_sample` along one axis on the identity grid of `out` points: for each output,
+    two source indices and their weights, the source positions computed in float32 as its CPU kernel does."""
     one = np.float32(1)
+    grid = identity_grid(out, align_corners)
     if align_corners:
-        source = (coordinates + one) * np.float32((size - 1) / 2)
+        source = (grid + one) * np.float32((size - 1) / 2)
         low, high = 0.0, float(size - 1)
     else:
-        source = (coordinates + one) * np.float32(size / 2) - np.float32(0.5)
+        source = (grid + one) * np.float32(size / 2) - np.float32(0.5)
         low, high = -0.5, size - 0.5
     if pad_mode == "reflection" and high > low:
         span = 2 * (high - low)
@@ -115,37 +132,82 @@ def grid_sample_matrix(size: int, grid: tuple[float, ...], align_corners: bool, 
     if pad_mode != "zeros":
         source = np.clip(source, np.float32(0), np.float32(size - 1))
     first = np.floor(source)
-    matrix = np.zeros((len(grid), size))
-    for row, (position, position_weight, next_weight) in enumerate(zip(first.astype(np.int64), (first + one) - source,
-                                                                       source - first)):
-        for column, weight in ((position, position_weight), (position + 1, next_weight)):
-            if 0 <= column < size:  # outside the image: zeros padding
-                matrix[row, column] += weight
-    return matrix
+    taps = []
+    for index, weight in ((first.astype(np.int64), (first + one) - source), (first.astype(np.int64) + 1, source - first)):
+        weight[(index < 0) | (index >= size)] = 0  # outside the image: zeros padding
+        taps.append((np.clip(index, 0, size - 1), weight))
+    return taps
+
+
+def area_shrink_size(height: int, width: int, out_height: int, out_width: int, align_corners: bool) -> tuple[int, int] | None:
+    """fastai's `_grid_sample` shrinks by area first where bilinear sampling would skip pixels; its test, as
+    written, compares the input height with the output width and the input width with 2."""
+    grids = [identity_grid(n, align_corners) for n in (out_height, out_width)]
+    span = np.float32(max(g.max() for g in grids) - min(g.min() for g in grids))
+    z = 1 / float(span) * 2
+    d = min(height / out_width, width / 2) / 2
+    if d > 1 and d > z:
+        return int(height * (1 / d)), int(width * (1 / d))
+    return None
+
+
+def resample_plan(spec: BatchResize, height: int, width: int) -> tuple[list, list]:
+    """The operations `spec` does along the rows and along the columns of a height x width image: each step
+    is separable (a crop, an area shrink and a grid sample on an identity grid act on each axis apart)."""
+    rows, columns = [], []
+    for step in spec.steps:
+        if step.crop is not None:
+            top, left, height, width = step.crop
+            rows.append(("crop", top, height))
+            columns.append(("crop", left, width))
+        out_height, out_width = step.size or (height, width)
+        shrunk = area_shrink_size(height, width, out_height, out_width, step.align_corners)
+        if shrunk is not None:
+            rows.append(("area", shrunk[0]))
+            columns.append(("area", shrunk[1]))
+        rows.append(("grid", out_height, step.align_corners, step.pad_mode))
+        columns.append(("grid", out_width, step.align_corners, step.pad_mode))
+        height, width = out_height, out_width
+    return rows, columns
+
+
+def apply_plan(array: np.ndarray, plan: list, axis: int) -> np.ndarray:
+    for operation, *arguments in plan:
+        if operation == "crop":
+            start, length = arguments
+            array = np.take(array, np.arange(start, start + length), axis=axis)
+        elif operation == "area":
+            array = area_shrink(array, arguments[0], axis)
+        else:
+            out, align_corners, pad_mode = arguments
+            (first, first_weight), (second, second_weight) = grid_sample_taps(array.shape[axis], out, align_corners, pad_mode)
+            shape = [-1 if a == axis else 1 for a in range(array.ndim)]
+            array = (np.take(array, first, axis=axis) * first_weight.reshape(shape)
+                     + np.take(array, second, axis=axis) * second_weight.reshape(shape))
+    return array
+
+
+# Up to this many pixels the resampling runs as one cached matrix per axis (fast for a fixed item size);
+# above, axis by axis with two taps per output (images of any size, e.g. a U-Net without Resize).
+DENSE_RESAMPLING_PIXELS = 512 * 512
 
 
 @functools.lru_cache(maxsize=16)
 def batch_resize_matrices(spec: BatchResize, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows (out height, height), columns (out width, width)), float32: every step is separable (a crop,
-    an area shrink and a grid sample on an identity grid act on rows and columns apart), so the whole
-    resampling is one matrix per axis, composed in float64."""
-    rows, columns = np.eye(height), np.eye(width)
-    for step in spec.steps:
-        if step.crop is not None:
-            top, left, crop_height, crop_width = step.crop
-            rows, columns = rows[top:top + crop_height], columns[left:left + crop_width]
-        if step.area_size is not None:
-            rows = area_matrix(rows.shape[0], step.area_size[0]) @ rows
-            columns = area_matrix(columns.shape[0], step.area_size[1]) @ columns
-        rows = grid_sample_matrix(rows.shape[0], step.grid_y, step.align_corners, step.pad_mode) @ rows
-        columns = grid_sample_matrix(columns.shape[0], step.grid_x, step.align_corners, step.pad_mode) @ columns
-    return rows.astype(np.float32), np.ascontiguousarray(columns.T, dtype=np.float32)
+    """(rows (out height, height), columns.T (width, out width)), float32, composed in float64."""
+    rows, columns = resample_plan(spec, height, width)
+    return (apply_plan(np.eye(height), rows, 0).astype(np.float32),
+            np.ascontiguousarray(apply_plan(np.eye(width), columns, 0).T, dtype=np.float32))
 
 
 def batch_resize(chw: np.ndarray, spec: BatchResize) -> np.ndarray:
     """fastai's validation-time batch resampling (`BatchResize`) of one float CHW image."""
-    rows, columns = batch_resize_matrices(spec, chw.shape[1], chw.shape[2])
-    return rows @ chw @ columns
+    height, width = chw.shape[1:]
+    if height * width <= DENSE_RESAMPLING_PIXELS:
+        rows, columns = batch_resize_matrices(spec, height, width)
+        return rows @ chw @ columns
+    rows, columns = resample_plan(spec, height, width)
+    return apply_plan(apply_plan(chw, rows, 1), columns, 2).astype(np.float32)
 
 
 def image_to_tensor(image: Image.Image, spec: ImagePreprocessing) -> np.ndarray:

@@ -43,16 +43,13 @@ class TensorSpec(BaseModel):
 
 class ResampleStep(BaseModel):
     """One fastai batch transform's resampling at validation, on the float image: an optional crop
-    ([top, left, height, width]), fastai's area pre-shrink where it shrinks much (`area_size`:
-    [height, width]), then `F.grid_sample` (bilinear) at normalised coordinates `grid_y` (one per output
-    row) and `grid_x` (one per output column): the identity grid at the transform's size."""
+    ([top, left, height, width]), then `F.grid_sample` (bilinear) on the identity grid at `size`
+    ([height, width]; None: the image's own), after fastai's area pre-shrink where it shrinks much."""
 
     model_config = ConfigDict(frozen=True)
 
     crop: Optional[tuple[int, int, int, int]] = None
-    area_size: Optional[tuple[int, int]] = None
-    grid_y: tuple[float, ...]
-    grid_x: tuple[float, ...]
+    size: Optional[tuple[int, int]] = None
     align_corners: bool
     pad_mode: Literal["zeros", "border", "reflection"] = "reflection"
 
@@ -97,8 +94,9 @@ class ImagePreprocessing(BaseModel):
     @property
     def model_size(self) -> tuple[Optional[int], Optional[int]]:
         """(height, width) of the tensor the model takes (None: any)."""
-        if self.batch_resize is not None:
-            return len(self.batch_resize.steps[-1].grid_y), len(self.batch_resize.steps[-1].grid_x)
+        sizes = [step.size for step in self.batch_resize.steps if step.size] if self.batch_resize else []
+        if sizes:
+            return sizes[-1]
         return self.height, self.width
 
 

@@ -166,3 +166,27 @@ def test_siamese_and_unet_refuse_batch_resizing_that_changes_the_size(tmp_path):
     with pytest.raises(PipelineError, match="resize images batch by batch"):
         image_preprocessing(dls)
     assert image_preprocessing(dls, batch_resizing=True).model_size == (32, 32)
+
+
+def test_aug_transforms_without_resize_are_served_at_each_image_size(tmp_path):
+    """A U-Net or Siamese learner without an item Resize and with aug_transforms(): fastai resamples each
+    image at its own size at validation (float rounding: 4e-5 at 320x240); the service does the same for any
+    size, small ones by one matrix per axis, large ones by taps."""
+    from fastai.vision.all import ImageDataLoaders, Normalize, aug_transforms, imagenet_stats
+
+    from pipelines.registry import get_task
+    from pipelines.vision import fastai_image_tensors, image_preprocessing
+    from services.images import DENSE_RESAMPLING_PIXELS
+
+    files = list(raw_files(tmp_path).values())
+    dls = ImageDataLoaders.from_path_func(tmp_path, files, lambda path: Path(path).stem, valid_pct=0.5, seed=0,
+                                          batch_tfms=[*aug_transforms(), Normalize.from_stats(*imagenet_stats)], bs=1)
+    spec = image_preprocessing(dls)
+    assert spec.resize_method == "none" and len(spec.batch_resize.steps) == 1 and not spec.batch_resize.resizes
+    tolerance = get_task("unet").onnx_config.tolerance.preprocessing_atol
+    sizes = []
+    for path, expected in zip(files, fastai_image_tensors(dls, files)):
+        served = image_to_tensor(decode_image(path.read_bytes(), "image"), spec)
+        sizes.append(served.shape[1] * served.shape[2])
+        np.testing.assert_allclose(served, expected, atol=tolerance, rtol=0, err_msg=path.name)
+    assert min(sizes) <= DENSE_RESAMPLING_PIXELS < max(sizes)
