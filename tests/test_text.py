@@ -187,3 +187,50 @@ def test_validation_texts_of_a_class_training_never_saw_are_left_out(tmp_path, c
                                                      output=tmp_path / "rare"))
     assert "left out 1 validation row(s) of class(es) no training row has: 'rare'" in capsys.readouterr().out
     assert result.parity.passed and sorted(result.manifest.labels) == ["bad", "good"]
+
+
+def _text_learner(**tokenizer):
+    import pandas as pd
+    from fastai.text.all import (
+        AWD_LSTM, CategoryBlock, ColReader, DataBlock, RandomSplitter, TextBlock, text_classifier_learner,
+    )
+
+    texts = ["Das Wetter ist schön, oder? Straße und Häuser.", "Er sagt: „Nein!“ — und geht.", "Ja, ja. Z.B. am Mo. 3.5.",
+             "Ein GROSSER Hund bellt!!!", "Der Preis: 3,50 € (inkl. MwSt.)", "Kein Problem... wirklich nicht."] * 4
+    frame = pd.DataFrame({"text": texts, "label": ["a", "b"] * 12})
+    block = DataBlock(blocks=(TextBlock.from_df("text", **tokenizer), CategoryBlock), get_x=ColReader("text"),
+                      get_y=ColReader("label"), splitter=RandomSplitter(0.25, seed=0))
+    dls = block.dataloaders(frame, bs=4)
+    return text_classifier_learner(dls, AWD_LSTM, pretrained=False), texts
+
+
+def test_a_learner_tokenized_in_another_language_is_served_with_that_language():
+    """spaCy's tokenizer exceptions differ by language (German 'z.B.', 'Mo.'); the service tokenizes with
+    the learner's, and gives fastai's token ids."""
+    from pipelines.registry import get_task
+    from services.text_preprocessing import Numericalizer, tokenize
+
+    from fastai.text.all import SpacyTokenizer
+
+    task = get_task("text")
+    assert task.preprocessing(_text_learner()[0]).language == "en"
+    learn, texts = _text_learner(tok=SpacyTokenizer(lang="de"))
+    spec = task.preprocessing(learn)
+    assert spec.language == "de"
+    numericalize = Numericalizer(spec)
+    for text in texts[:6]:
+        assert numericalize(tokenize(text, spec)) == task.fastai_ids(learn.dls, text), text
+
+
+def test_a_tokenizer_rule_the_service_lacks_is_refused_in_one_line():
+    from fastai.text.all import defaults
+
+    from pipelines.errors import PipelineError
+    from pipelines.registry import get_task
+
+    def strip_euro(text):
+        return text.replace("€", "EUR")
+
+    learn, _ = _text_learner(rules=[*defaults.text_proc_rules, strip_euro])
+    with pytest.raises(PipelineError, match="rule\\(s\\) strip_euro that the service does not have"):
+        get_task("text").preprocessing(learn)

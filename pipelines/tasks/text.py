@@ -23,7 +23,7 @@ from pipelines.tasks.base import (
 from pipelines.tasks.tabular import class_labels, classes_seen_in_training
 from pipelines.training import TrainingHistory
 from services.manifest import TextPreprocessing
-from services.text_preprocessing import Numericalizer, batch_ids, tokenize
+from services.text_preprocessing import RULES as TOKENIZER_RULES, Numericalizer, batch_ids, tokenize
 
 MODEL_SIZES = {"small": dict(emb_sz=128, n_hid=256, n_layers=2), "book": dict(emb_sz=400, n_hid=1152, n_layers=3)}
 # Strings that exercise every tokenisation rule, checked against fastai at export.
@@ -364,10 +364,19 @@ class TextTask(Task):
         from fastai.text.all import Tokenizer
 
         tokenizer = next(t for t in learn.dls.train_ds.tls[0].tfms.fs if isinstance(t, Tokenizer))
+        if type(tokenizer.tok).__name__ != "SpacyTokenizer":
+            raise PipelineError(f"this text learner tokenizes with {type(tokenizer.tok).__name__}; the service "
+                                "reproduces fastai's default word tokenizer (SpacyTokenizer) only")
+        rules = [getattr(rule, "__name__", type(rule).__name__) for rule in tokenizer.rules]
+        unknown = [rule for rule in rules if rule not in TOKENIZER_RULES]
+        if unknown:
+            raise PipelineError(f"this text learner's tokenizer has rule(s) {', '.join(unknown)} that the service "
+                                f"does not have (it reproduces fastai's: {', '.join(TOKENIZER_RULES)})")
         bptt, max_len = self.encoder_settings(learn)
         vocab = list(learn.dls.vocab[0])
-        return TextPreprocessing(rules=[rule.__name__ for rule in tokenizer.rules], vocab=vocab,
-                                 pad_index=vocab.index("xxpad"), bptt=bptt, max_len=max_len)
+        language = getattr(getattr(tokenizer.tok.pipe, "__self__", None), "lang", "en")  # spaCy's blank(lang)
+        return TextPreprocessing(rules=rules, vocab=vocab, pad_index=vocab.index("xxpad"), bptt=bptt,
+                                 max_len=max_len, language=language)
 
     def preprocessing_probes(self, learn, data: PreparedData):
         spec = self.preprocessing(learn)
