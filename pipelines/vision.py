@@ -110,7 +110,19 @@ def torchvision_arch(arch: str):
     return getattr(tvm, arch)
 
 
-def image_preprocessing(dls, batch_resizing: bool = False):
+def color_mode_of(model) -> str:
+    """'L' for a model whose first convolution takes one channel (`vision_learner(..., n_in=1)` over
+    `ImageBlock(cls=PILImageBW)`), 'RGB' for three."""
+    from torch import nn
+
+    channels = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), 3)
+    if channels not in (1, 3):
+        raise PipelineError(f"the model takes {channels}-channel images; the service decodes RGB (3) or grey (1) "
+                            "images only")
+    return "L" if channels == 1 else "RGB"
+
+
+def image_preprocessing(dls, batch_resizing: bool = False, color_mode: str = "RGB"):
     """The serving-side preprocessing of a vision DataLoaders: its validation Resize (if any), batch-level
     resize (with `batch_resizing`; the book's presizing) and Normalize."""
     from fastai.vision.all import Normalize, Resize
@@ -130,11 +142,11 @@ def image_preprocessing(dls, batch_resizing: bool = False):
     normalize = next((t for t in dls.valid.after_batch.fs if isinstance(t, Normalize)), None)
     # vision_learner adds Normalize for pretrained weights only; without it the model saw pixels / 255
     stats = (dict(mean=[float(v) for v in normalize.mean.flatten()], std=[float(v) for v in normalize.std.flatten()])
-             if normalize is not None else dict(mean=[0.0] * 3, std=[1.0] * 3))
+             if normalize is not None else dict(mean=[0.0] * len(color_mode), std=[1.0] * len(color_mode)))
     if resize is None:
-        return ImagePreprocessing(color_mode="RGB", resize_method="none", batch_resize=batch_resize, **stats)
+        return ImagePreprocessing(color_mode=color_mode, resize_method="none", batch_resize=batch_resize, **stats)
     width, height = resize.size  # fastai stores (width, height)
-    return ImagePreprocessing(color_mode="RGB", height=int(height), width=int(width),
+    return ImagePreprocessing(color_mode=color_mode, height=int(height), width=int(width),
                               resize_method=resize.method if resize.method in ("crop", "pad") else "squish",
                               pad_mode=resize.pad_mode, batch_resize=batch_resize, **stats)
 
@@ -181,17 +193,19 @@ def validation_batch_resize(dls, resize):
     return BatchResize(steps=tuple(steps), resizes=resizes) if steps else None
 
 
-def fastai_image_tensors(dls, files) -> list:
+def fastai_image_tensors(dls, files, color_mode: str = "RGB") -> list:
     """fastai's own validation tensors for image files, one (C, H, W) array each: `PILImage.create`, the
     DataLoaders' `after_item` (Resize, ToTensor) and `after_batch` (IntToFloatTensor, Normalize) as the
     validation DataLoader runs them (split_idx 1: training-only augmentation skipped), which is what
-    `test_dl` does. One image at a time: without a Resize the images keep their own sizes."""
-    from fastai.vision.all import PILImage, compose_tfms
+    `test_dl` does (`PILImageBW.create` for a grey `color_mode`). One image at a time: without a Resize
+    the images keep their own sizes."""
+    from fastai.vision.all import PILImage, PILImageBW, compose_tfms
 
     def valid(pipeline, x):
         return compose_tfms(x, tfms=pipeline.fs, split_idx=1)
 
-    return [valid(dls.valid.after_batch, valid(dls.valid.after_item, PILImage.create(f))[None])[0].cpu().float().numpy()
+    image_type = PILImageBW if color_mode == "L" else PILImage
+    return [valid(dls.valid.after_batch, valid(dls.valid.after_item, image_type.create(f))[None])[0].cpu().float().numpy()
             for f in files]
 
 
@@ -204,7 +218,7 @@ def served_image_tensor(path, spec):
 
 def image_probes(dls, files, spec):
     """Each image file's serving-side tensor beside fastai's (for `Task.preprocessing_probes`)."""
-    for path, expected in zip(files, fastai_image_tensors(dls, files)):
+    for path, expected in zip(files, fastai_image_tensors(dls, files, spec.color_mode)):
         yield PreprocessingProbe(Path(path).name, served_image_tensor(path, spec), expected)
 
 

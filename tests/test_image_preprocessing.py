@@ -190,3 +190,27 @@ def test_aug_transforms_without_resize_are_served_at_each_image_size(tmp_path):
         sizes.append(served.shape[1] * served.shape[2])
         np.testing.assert_allclose(served, expected, atol=tolerance, rtol=0, err_msg=path.name)
     assert min(sizes) <= DENSE_RESAMPLING_PIXELS < max(sizes)
+
+
+def test_a_grey_image_classifier_takes_one_channel(tmp_path):
+    """`ImageBlock(cls=PILImageBW)` with `vision_learner(..., n_in=1)` (MNIST-like data): the model takes one
+    channel, so the service decodes uploads of any mode to grey, as fastai's PILImageBW.create does."""
+    from fastai.vision.all import (
+        CategoryBlock, DataBlock, ImageBlock, PILImageBW, RandomSplitter, Resize, resnet18, vision_learner,
+    )
+
+    from pipelines.registry import get_task
+    from pipelines.vision import fastai_image_tensors
+
+    files = list(raw_files(tmp_path).values())
+    dls = DataBlock(blocks=(ImageBlock(cls=PILImageBW), CategoryBlock), get_y=lambda path: Path(path).stem,
+                    splitter=RandomSplitter(seed=0), item_tfms=Resize(28)).dataloaders(files, bs=2)
+    learn = vision_learner(dls, resnet18, pretrained=False, n_in=1)
+    task = get_task("classifier")
+    spec = task.preprocessing(learn)
+    assert spec.color_mode == "L" and spec.mean == [0.0] and task.example_inputs(learn)[0].shape[1] == 1
+    for path, expected in zip(files, fastai_image_tensors(dls, files, "L")):
+        served = image_to_tensor(decode_image(path.read_bytes(), "image", spec.color_mode), spec)
+        assert served.shape == expected.shape == (1, 28, 28), path.name
+        np.testing.assert_allclose(served, expected, atol=task.onnx_config.tolerance.preprocessing_atol, rtol=0,
+                                   err_msg=path.name)

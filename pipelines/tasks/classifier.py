@@ -23,7 +23,7 @@ from pipelines.errors import PipelineError
 from pipelines.tasks.base import BuiltLearner, PreparedData, Task, option, single_label_refusal
 from pipelines.training import TrainingHistory
 from pipelines.vision import (
-    ImageFolderOptions, fastai_image_tensors, image_preprocessing, image_probes, imagenet_weights, resolve_image_files,
+    ImageFolderOptions, color_mode_of, fastai_image_tensors, image_preprocessing, image_probes, imagenet_weights, resolve_image_files,
     sample_image_files, torchvision_arch,
 )
 
@@ -216,11 +216,12 @@ class ClassifierTask(Task):
         import torch
 
         spec = self.preprocessing(learn)
-        return (torch.randn(2, 3, *spec.model_size, generator=torch.Generator().manual_seed(0)),)
+        return (torch.randn(2, len(spec.color_mode), *spec.model_size, generator=torch.Generator().manual_seed(0)),)
 
     def evaluation_arrays(self, learn, data: PreparedData) -> tuple[np.ndarray, np.ndarray | None]:
         if "sample_images" in data.details:
-            return np.stack(fastai_image_tensors(learn.dls, data.details["files"])), data.details["targets"]
+            files = data.details["files"]
+            return np.stack(fastai_image_tensors(learn.dls, files, self.preprocessing(learn).color_mode)), data.details["targets"]
         images, targets = [], []
         for x, y in learn.dls.valid:
             images.append(x.cpu().float().numpy())
@@ -251,7 +252,7 @@ class ClassifierTask(Task):
         return [str(label) for label in learn.dls.vocab]
 
     def preprocessing(self, learn):
-        spec = image_preprocessing(learn.dls, batch_resizing=True)
+        spec = image_preprocessing(learn.dls, batch_resizing=True, color_mode=color_mode_of(learn.model))
         if spec.resize_method == "none":
             raise PipelineError("this classifier's DataLoaders have no Resize item transform; the service needs the "
                                 "size the model was trained at (add item_tfms=Resize(size))")
