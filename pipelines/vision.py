@@ -124,20 +124,20 @@ def color_mode_of(model) -> str:
 
 def image_preprocessing(dls, batch_resizing: bool = False, color_mode: str = "RGB"):
     """The serving-side preprocessing of a vision DataLoaders: its validation Resize (if any), batch-level
-    resize (with `batch_resizing`; the book's presizing) and Normalize."""
+    resampling (one that changes the size only with `batch_resizing`: the book's presizing) and Normalize."""
     from fastai.vision.all import Normalize, Resize
 
     from services.manifest import ImagePreprocessing
 
     resize = next((t for t in dls.valid.after_item.fs if isinstance(t, Resize)), None)
     batch_resize = validation_batch_resize(dls, resize)
-    if batch_resize is not None and batch_resize.resizes and not (batch_resizing and resize is not None):
+    if batch_resize is not None and batch_resize.resizes and not batch_resizing:
         resizing = [type(t).__name__ for t in dls.valid.after_batch.fs if getattr(t, "size", None) is not None]
         raise PipelineError(
             f"the learner's DataLoaders resize images batch by batch ({', '.join(resizing)}, e.g. from "
-            "aug_transforms(size=...)); the serving preprocessing reproduces that for classifiers after an "
-            "item-level Resize only. Train with item_tfms=Resize(size) and aug_transforms() without size, or "
-            "export a learner whose validation transforms are item-level"
+            "aug_transforms(size=...)); the serving preprocessing reproduces that for classifiers and U-Nets "
+            "only. Train with item_tfms=Resize(size) and aug_transforms() without size, or export a learner "
+            "whose validation transforms are item-level"
         )
     normalize = next((t for t in dls.valid.after_batch.fs if isinstance(t, Normalize)), None)
     # vision_learner adds Normalize for pretrained weights only; without it the model saw pixels / 255
@@ -176,11 +176,13 @@ def validation_batch_resize(dls, resize):
                                 "preprocessing reproduces 'bilinear' only")
         crop = None
         if isinstance(transform, RandomResizedCropGPU):
-            if size is not None:
-                transform.before_call(torch.zeros(1, 3, *size), split_idx=1)
-                crop = (*transform.tl, *transform.cp_size)
-                crop = crop if crop != (0, 0, *size) else None
-            resizes = resizes or size is None or crop is not None
+            if size is None:
+                raise PipelineError(f"the learner's DataLoaders crop batches ({name}) of images without an item "
+                                    "Resize; the serving preprocessing needs the size they crop (item_tfms=Resize)")
+            transform.before_call(torch.zeros(1, 3, *size), split_idx=1)
+            crop = (*transform.tl, *transform.cp_size)
+            crop = crop if crop != (0, 0, *size) else None
+            resizes = resizes or crop is not None
             align_corners, pad_mode = True, "reflection"  # TensorImage.affine_coord's defaults, which it uses
         else:
             align_corners, pad_mode = bool(transform.align_corners), str(transform.pad_mode)

@@ -132,6 +132,7 @@ def _recipes():
 def test_classifier_recipes_are_served_as_fastai_computes_them(recipe, tmp_path):
     """Each way users resize and normalise for a vision_learner, served (numpy + Pillow) as fastai's
     validation pipeline computes it, within the classifier's preprocessing tolerance."""
+    import torch
     from fastai.vision.all import ImageDataLoaders, Normalize, imagenet_stats
 
     from pipelines.registry import get_task
@@ -144,7 +145,7 @@ def test_classifier_recipes_are_served_as_fastai_computes_them(recipe, tmp_path)
     dls = ImageDataLoaders.from_path_func(tmp_path, files, lambda path: Path(path).stem, valid_pct=0.5, seed=0,
                                           item_tfms=item_tfms, batch_tfms=batch_tfms, bs=2)
     task = get_task("classifier")
-    spec = task.preprocessing(type("L", (), {"dls": dls})())
+    spec = task.preprocessing(type("L", (), {"dls": dls, "model": torch.nn.Conv2d(3, 8, 3)})())
     assert (spec.batch_resize is not None) == (recipe in ("book presizing", "aug_transforms(size) after a squish",
                                                           "RandomResizedCropGPU", "aug_transforms() at 224 (resamples at its own size)"))
     for path, expected in zip(files, fastai_image_tensors(dls, files)):
@@ -154,7 +155,7 @@ def test_classifier_recipes_are_served_as_fastai_computes_them(recipe, tmp_path)
                                    err_msg=path.name)
 
 
-def test_siamese_and_unet_refuse_batch_resizing_that_changes_the_size(tmp_path):
+def test_siamese_refuses_batch_resizing_that_changes_the_size(tmp_path):
     from fastai.vision.all import ImageDataLoaders, Resize, aug_transforms
 
     from pipelines.errors import PipelineError
@@ -214,3 +215,37 @@ def test_a_grey_image_classifier_takes_one_channel(tmp_path):
         assert served.shape == expected.shape == (1, 28, 28), path.name
         np.testing.assert_allclose(served, expected, atol=task.onnx_config.tolerance.preprocessing_atol, rtol=0,
                                    err_msg=path.name)
+
+
+def test_a_unet_that_resizes_on_the_batch_as_fastais_tutorial(tmp_path):
+    """fastai's segmentation tutorial: `DataBlock(blocks=(ImageBlock, MaskBlock(codes)), ...,
+    batch_tfms=aug_transforms(size=(120, 160)))`, no item Resize: every image is resampled to the model's size
+    at validation; the service does the same at any upload size (and maps the mask back, as for Resize)."""
+    from fastai.vision.all import (
+        DataBlock, ImageBlock, MaskBlock, RandomResizedCropGPU, RandomSplitter, Resize, aug_transforms,
+    )
+
+    from pipelines.errors import PipelineError
+    from pipelines.registry import get_task
+    from pipelines.vision import fastai_image_tensors
+
+    files = [path for name, path in raw_files(tmp_path).items() if name != "large.jpg"]
+    for path in files:
+        Image.new("L", Image.open(path).size).save(tmp_path / f"{path.stem}_mask.png")
+
+    def learner(**transforms):
+        block = DataBlock(blocks=(ImageBlock, MaskBlock(["background", "thing"])), splitter=RandomSplitter(seed=0),
+                          get_y=lambda path: tmp_path / f"{Path(path).stem}_mask.png", **transforms)
+        return type("Learner", (), {"dls": block.dataloaders(files, bs=1)})()
+
+    task = get_task("unet")
+    learn = learner(batch_tfms=aug_transforms(size=(24, 32)))
+    spec = task.preprocessing(learn)
+    assert spec.resize_method == "none" and spec.model_size == (24, 32)
+    assert task.example_inputs(learn)[0].shape[2:] == (24, 32)
+    for path, expected in zip(files, fastai_image_tensors(learn.dls, files)):
+        served = image_to_tensor(decode_image(path.read_bytes(), "image"), spec)
+        np.testing.assert_allclose(served, expected, atol=task.onnx_config.tolerance.preprocessing_atol, rtol=0,
+                                   err_msg=path.name)
+    with pytest.raises(PipelineError, match="serves batch resizing without a crop only"):
+        task.preprocessing(learner(item_tfms=Resize((40, 80)), batch_tfms=[RandomResizedCropGPU(24)]))

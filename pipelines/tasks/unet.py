@@ -224,7 +224,7 @@ class UnetTask(Task):
         import torch
 
         spec = self.preprocessing(learn)
-        height, width = (spec.height, spec.width) if spec.resize_method != "none" else (64, 96)
+        height, width = spec.model_size if spec.model_size[0] is not None else (64, 96)
         return (torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0)),)
 
     def evaluation_arrays(self, learn, data: PreparedData) -> tuple[list[np.ndarray], np.ndarray | None]:
@@ -270,7 +270,11 @@ class UnetTask(Task):
         return [str(code) for code in codes]
 
     def preprocessing(self, learn):
-        return image_preprocessing(learn.dls)
+        spec = image_preprocessing(learn.dls, batch_resizing=True)
+        if spec.batch_resize is not None and any(step.crop for step in spec.batch_resize.steps):
+            raise PipelineError("the learner's DataLoaders crop batches (RandomResizedCropGPU); the service maps "
+                                "a U-Net's mask back onto the whole image, so it serves batch resizing without a crop only")
+        return spec
 
     def report_figures(self, learn, folder: Path) -> list[tuple[str, str]]:
         """fastai's `show_results`: validation images, their target masks and the predicted masks."""
