@@ -217,12 +217,13 @@ def test_a_grey_image_classifier_takes_one_channel(tmp_path):
                                    err_msg=path.name)
 
 
-def test_a_unet_that_resizes_on_the_batch_as_fastais_tutorial(tmp_path):
+def test_a_unet_that_resizes_on_the_batch_as_fastais_tutorial_in_colour_and_grey(tmp_path):
     """fastai's segmentation tutorial: `DataBlock(blocks=(ImageBlock, MaskBlock(codes)), ...,
     batch_tfms=aug_transforms(size=(120, 160)))`, no item Resize: every image is resampled to the model's size
     at validation; the service does the same at any upload size (and maps the mask back, as for Resize)."""
+    import torch
     from fastai.vision.all import (
-        DataBlock, ImageBlock, MaskBlock, RandomResizedCropGPU, RandomSplitter, Resize, aug_transforms,
+        DataBlock, ImageBlock, MaskBlock, PILImageBW, RandomResizedCropGPU, RandomSplitter, Resize, aug_transforms,
     )
 
     from pipelines.errors import PipelineError
@@ -233,19 +234,21 @@ def test_a_unet_that_resizes_on_the_batch_as_fastais_tutorial(tmp_path):
     for path in files:
         Image.new("L", Image.open(path).size).save(tmp_path / f"{path.stem}_mask.png")
 
-    def learner(**transforms):
-        block = DataBlock(blocks=(ImageBlock, MaskBlock(["background", "thing"])), splitter=RandomSplitter(seed=0),
+    def learner(image_block=ImageBlock, channels=3, **transforms):
+        block = DataBlock(blocks=(image_block, MaskBlock(["background", "thing"])), splitter=RandomSplitter(seed=0),
                           get_y=lambda path: tmp_path / f"{Path(path).stem}_mask.png", **transforms)
-        return type("Learner", (), {"dls": block.dataloaders(files, bs=1)})()
+        return type("Learner", (), {"dls": block.dataloaders(files, bs=1), "model": torch.nn.Conv2d(channels, 8, 3)})()
 
     task = get_task("unet")
-    learn = learner(batch_tfms=aug_transforms(size=(24, 32)))
-    spec = task.preprocessing(learn)
-    assert spec.resize_method == "none" and spec.model_size == (24, 32)
-    assert task.example_inputs(learn)[0].shape[2:] == (24, 32)
-    for path, expected in zip(files, fastai_image_tensors(learn.dls, files)):
-        served = image_to_tensor(decode_image(path.read_bytes(), "image"), spec)
-        np.testing.assert_allclose(served, expected, atol=task.onnx_config.tolerance.preprocessing_atol, rtol=0,
-                                   err_msg=path.name)
+    # the second: grey images (medical scans), ImageBlock(cls=PILImageBW) and unet_learner(..., n_in=1)
+    for learn in (learner(batch_tfms=aug_transforms(size=(24, 32))),
+                  learner(ImageBlock(cls=PILImageBW), 1, batch_tfms=aug_transforms(size=(24, 32)))):
+        spec = task.preprocessing(learn)
+        assert spec.resize_method == "none" and spec.model_size == (24, 32)
+        assert task.example_inputs(learn)[0].shape[1:] == (len(spec.color_mode), 24, 32)
+        for path, expected in zip(files, fastai_image_tensors(learn.dls, files, spec.color_mode)):
+            served = image_to_tensor(decode_image(path.read_bytes(), "image", spec.color_mode), spec)
+            np.testing.assert_allclose(served, expected, atol=task.onnx_config.tolerance.preprocessing_atol, rtol=0,
+                                       err_msg=path.name)
     with pytest.raises(PipelineError, match="serves batch resizing without a crop only"):
         task.preprocessing(learner(item_tfms=Resize((40, 80)), batch_tfms=[RandomResizedCropGPU(24)]))

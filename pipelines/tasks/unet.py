@@ -21,8 +21,8 @@ from pipelines.errors import PipelineError
 from pipelines.tasks.base import BuiltLearner, PreparedData, Task, TaskOptions, option
 from pipelines.training import TrainingHistory
 from pipelines.vision import (
-    ARCHITECTURES, fastai_image_tensors, image_preprocessing, image_probes, imagenet_weights, sample_image_files,
-    torchvision_arch,
+    ARCHITECTURES, color_mode_of, fastai_image_tensors, image_preprocessing, image_probes, imagenet_weights,
+    sample_image_files, torchvision_arch,
 )
 
 # Sizes for the any-size proof: not multiples of 32 (the case fastai's traced graph breaks on) and one that is.
@@ -225,12 +225,12 @@ class UnetTask(Task):
 
         spec = self.preprocessing(learn)
         height, width = spec.model_size if spec.model_size[0] is not None else (64, 96)
-        return (torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0)),)
+        return (torch.randn(2, len(spec.color_mode), height, width, generator=torch.Generator().manual_seed(0)),)
 
     def evaluation_arrays(self, learn, data: PreparedData) -> tuple[list[np.ndarray], np.ndarray | None]:
         """Images as fastai feeds them (one array each) and their masks where known (the validation set)."""
         if "sample_images" in data.details:
-            return fastai_image_tensors(learn.dls, data.details["files"]), None
+            return fastai_image_tensors(learn.dls, data.details["files"], self.preprocessing(learn).color_mode), None
         images, masks = [], []
         for x, y in learn.dls.valid:
             images.append(x.cpu().float().numpy())
@@ -251,8 +251,10 @@ class UnetTask(Task):
                 cases.append(ParityCase(f"sample {Path(path).name}", {"image": image[None]}, None,
                                         f"{image.shape[1]}x{image.shape[2]}"))
         rng = np.random.default_rng(0)
+        channels = images[0].shape[0]
         for height, width in PARITY_SIZES:
-            cases.append(ParityCase(f"random {height}x{width}", {"image": rng.standard_normal((1, 3, height, width), dtype=np.float32)},
+            random_image = rng.standard_normal((1, channels, height, width), dtype=np.float32)
+            cases.append(ParityCase(f"random {height}x{width}", {"image": random_image},
                                     None, "any input size, including non-multiples of 32", synthetic=True))
         return cases
 
@@ -270,7 +272,7 @@ class UnetTask(Task):
         return [str(code) for code in codes]
 
     def preprocessing(self, learn):
-        spec = image_preprocessing(learn.dls, batch_resizing=True)
+        spec = image_preprocessing(learn.dls, batch_resizing=True, color_mode=color_mode_of(learn.model))
         if spec.batch_resize is not None and any(step.crop for step in spec.batch_resize.steps):
             raise PipelineError("the learner's DataLoaders crop batches (RandomResizedCropGPU); the service maps "
                                 "a U-Net's mask back onto the whole image, so it serves batch resizing without a crop only")
