@@ -155,8 +155,8 @@ def validation_batch_resize(dls, resize):
     """What the batch transforms that resample (`aug_transforms`' AffineCoordTfm, `RandomResizedCropGPU`)
     do at validation, step by step, as a `BatchResize` (None: none). Those that keep the size resample
     too: at 224x224 their float rounding moves values by 2e-5. `RandomResizedCropGPU` crops the centre to
-    its ratio (of an item of the Resize's size: without one it counts as resizing); both sample the
-    identity grid at their size (an AffineCoordTfm without one: the image's own)."""
+    its ratio (of an item of the Resize's size: it needs one); both sample the identity grid at their size
+    (an AffineCoordTfm without one: the image's own)."""
     import torch
     from fastai.vision.augment import AffineCoordTfm, RandomResizedCropGPU
 
@@ -190,8 +190,7 @@ def validation_batch_resize(dls, resize):
         target = (target, target) if isinstance(target, int) else tuple(target) if target is not None else None
         resizes = resizes or (target is not None and target != size)
         size = target or size
-        steps.append(ResampleStep(crop=crop, size=target,
-                                  align_corners=align_corners, pad_mode=pad_mode))
+        steps.append(ResampleStep(crop=crop, size=target, align_corners=align_corners, pad_mode=pad_mode))
     return BatchResize(steps=tuple(steps), resizes=resizes) if steps else None
 
 
