@@ -142,13 +142,14 @@ def grid_sample_taps(size: int, out: int, align_corners: bool, pad_mode: str) ->
 def area_shrink_size(height: int, width: int, out_height: int, out_width: int, align_corners: bool) -> tuple[int, int] | None:
     """fastai's `_grid_sample` shrinks by area first where bilinear sampling would skip pixels; its test, as
     written, compares the input height with the output width and the input width with 2."""
-    grids = [identity_grid(n, align_corners) for n in (out_height, out_width)]
-    span = np.float32(max(g.max() for g in grids) - min(g.min() for g in grids))
-    z = 1 / float(span) * 2
     d = min(height / out_width, width / 2) / 2
-    if d > 1 and d > z:
-        return int(height * (1 / d)), int(width * (1 / d))
-    return None
+    if d <= 1:  # decided before z, which divides by zero for a 1x1 output (fastai's own would raise)
+        return None
+    grids = [identity_grid(n, align_corners) for n in (out_height, out_width)]
+    span = float(np.float32(max(g.max() for g in grids) - min(g.min() for g in grids)))
+    if span == 0 or d <= 1 / span * 2:
+        return None
+    return int(height * (1 / d)), int(width * (1 / d))
 
 
 def resample_plan(spec: BatchResize, height: int, width: int) -> tuple[list, list]:

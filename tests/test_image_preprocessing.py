@@ -191,6 +191,10 @@ def test_aug_transforms_without_resize_are_served_at_each_image_size(tmp_path):
         sizes.append(served.shape[1] * served.shape[2])
         np.testing.assert_allclose(served, expected, atol=tolerance, rtol=0, err_msg=path.name)
     assert min(sizes) <= DENSE_RESAMPLING_PIXELS < max(sizes)
+    # a 1x1 upload (fastai's _grid_sample itself divides by zero on it): the identity, not a server error
+    pixel = image_to_tensor(Image.new("RGB", (1, 1), (120, 30, 200)), spec)
+    mean, std = (np.array(stats, np.float32) for stats in imagenet_stats)
+    np.testing.assert_allclose(pixel[:, 0, 0], (np.array([120, 30, 200], np.float32) / 255 - mean) / std, atol=1e-6)
 
 
 def test_a_grey_image_classifier_takes_one_channel(tmp_path):
