@@ -206,8 +206,8 @@ def fastai_image_tensors(dls, files, color_mode: str = "RGB") -> list:
         return compose_tfms(x, tfms=pipeline.fs, split_idx=1)
 
     image_type = PILImageBW if color_mode == "L" else PILImage
-    return [valid(dls.valid.after_batch, valid(dls.valid.after_item, image_type.create(f))[None])[0].cpu().float().numpy()
-            for f in files]
+    return [valid(dls.valid.after_batch, valid(dls.valid.after_item, image_type.create(f))[None])[0]
+            .cpu().float().numpy() for f in files]
 
 
 def served_image_tensor(path, spec):

@@ -55,7 +55,8 @@ def decode_image(data: bytes, field: str, color_mode: str = "RGB") -> Image.Imag
     return image.convert(color_mode)
 
 
-def resize_window(width: int, height: int, target_width: int, target_height: int, method: str) -> tuple[int, int, int, int]:
+def resize_window(width: int, height: int, target_width: int, target_height: int,
+                  method: str) -> tuple[int, int, int, int]:
     """fastai's validation `Resize` window (left, top, width, height) with the target's aspect, centred:
     `crop` the largest inside the image, `pad` the smallest holding it (left/top negative: padding)."""
     ratio_w, ratio_h = width / target_width, height / target_height
@@ -132,14 +133,16 @@ def grid_sample_taps(size: int, out: int, align_corners: bool, pad_mode: str) ->
     if pad_mode != "zeros":
         source = np.clip(source, np.float32(0), np.float32(size - 1))
     first = np.floor(source)
+    position = first.astype(np.int64)
     taps = []
-    for index, weight in ((first.astype(np.int64), (first + one) - source), (first.astype(np.int64) + 1, source - first)):
+    for index, weight in ((position, (first + one) - source), (position + 1, source - first)):
         weight[(index < 0) | (index >= size)] = 0  # outside the image: zeros padding
         taps.append((np.clip(index, 0, size - 1), weight))
     return taps
 
 
-def area_shrink_size(height: int, width: int, out_height: int, out_width: int, align_corners: bool) -> tuple[int, int] | None:
+def area_shrink_size(height: int, width: int, out_height: int, out_width: int,
+                     align_corners: bool) -> tuple[int, int] | None:
     """fastai's `_grid_sample` shrinks by area first where bilinear sampling would skip pixels; its test, as
     written, compares the input height with the output width and the input width with 2."""
     d = min(height / out_width, width / 2) / 2
@@ -181,7 +184,8 @@ def apply_plan(array: np.ndarray, plan: list, axis: int) -> np.ndarray:
             array = area_shrink(array, arguments[0], axis)
         else:
             out, align_corners, pad_mode = arguments
-            (first, first_weight), (second, second_weight) = grid_sample_taps(array.shape[axis], out, align_corners, pad_mode)
+            taps = grid_sample_taps(array.shape[axis], out, align_corners, pad_mode)
+            (first, first_weight), (second, second_weight) = taps
             shape = [-1 if a == axis else 1 for a in range(array.ndim)]
             array = (np.take(array, first, axis=axis) * first_weight.reshape(shape)
                      + np.take(array, second, axis=axis) * second_weight.reshape(shape))

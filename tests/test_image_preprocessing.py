@@ -111,6 +111,12 @@ def test_truncated_jpeg_is_rejected():
         decode_image(data[: len(data) // 2], "image_b")
 
 
+# Recipes whose validation pipeline resamples batches (the others are item-level only).
+RESAMPLING_RECIPES = ("book presizing", "aug_transforms(size) after a squish", "RandomResizedCropGPU",
+                      "aug_transforms() at 224 (resamples at its own size)")
+RECIPES = (*RESAMPLING_RECIPES, "Resize pad, zeros", "Resize pad, reflection", "Resize pad, border", "no Normalize")
+
+
 def _recipes():
     from fastai.vision.all import RandomResizedCropGPU, Resize, aug_transforms
 
@@ -126,9 +132,7 @@ def _recipes():
     }
 
 
-@pytest.mark.parametrize("recipe", ["book presizing", "aug_transforms(size) after a squish", "RandomResizedCropGPU",
-                                    "aug_transforms() at 224 (resamples at its own size)", "Resize pad, zeros",
-                                    "Resize pad, reflection", "Resize pad, border", "no Normalize"])
+@pytest.mark.parametrize("recipe", RECIPES)
 def test_classifier_recipes_are_served_as_fastai_computes_them(recipe, tmp_path):
     """Each way users resize and normalise for a vision_learner, served (numpy + Pillow) as fastai's
     validation pipeline computes it, within the classifier's preprocessing tolerance."""
@@ -146,8 +150,7 @@ def test_classifier_recipes_are_served_as_fastai_computes_them(recipe, tmp_path)
                                           item_tfms=item_tfms, batch_tfms=batch_tfms, bs=2)
     task = get_task("classifier")
     spec = task.preprocessing(type("L", (), {"dls": dls, "model": torch.nn.Conv2d(3, 8, 3)})())
-    assert (spec.batch_resize is not None) == (recipe in ("book presizing", "aug_transforms(size) after a squish",
-                                                          "RandomResizedCropGPU", "aug_transforms() at 224 (resamples at its own size)"))
+    assert (spec.batch_resize is not None) == (recipe in RESAMPLING_RECIPES)
     for path, expected in zip(files, fastai_image_tensors(dls, files)):
         served = image_to_tensor(decode_image(path.read_bytes(), "image"), spec)
         assert served.shape == expected.shape, path.name

@@ -23,8 +23,8 @@ from pipelines.errors import PipelineError
 from pipelines.tasks.base import BuiltLearner, PreparedData, Task, option, single_label_refusal
 from pipelines.training import TrainingHistory
 from pipelines.vision import (
-    ImageFolderOptions, color_mode_of, fastai_image_tensors, image_preprocessing, image_probes, imagenet_weights, resolve_image_files,
-    sample_image_files, torchvision_arch,
+    ImageFolderOptions, color_mode_of, fastai_image_tensors, image_preprocessing, image_probes, imagenet_weights,
+    resolve_image_files, sample_image_files, torchvision_arch,
 )
 
 
@@ -218,8 +218,8 @@ class ClassifierTask(Task):
 
     def evaluation_arrays(self, learn, data: PreparedData) -> tuple[np.ndarray, np.ndarray | None]:
         if "sample_images" in data.details:
-            files = data.details["files"]
-            return np.stack(fastai_image_tensors(learn.dls, files, self.preprocessing(learn).color_mode)), data.details["targets"]
+            images = fastai_image_tensors(learn.dls, data.details["files"], self.preprocessing(learn).color_mode)
+            return np.stack(images), data.details["targets"]
         images, targets = [], []
         for x, y in learn.dls.valid:
             images.append(x.cpu().float().numpy())

@@ -14,8 +14,7 @@ from export.quantize import QuantizationGate
 from pipelines.data import download_book_dataset, read_table
 from pipelines.errors import PipelineError
 from pipelines.tasks.base import (
-    BuiltLearner, PreparedData, PreprocessingProbe, Task, TaskOptions, option, single_label_refusal, target_kind,
-    valid_data_option,
+    BuiltLearner, PreparedData, PreprocessingProbe, Task, TaskOptions, option, single_label_refusal, valid_data_option,
 )
 from services.manifest import TabularPreprocessing
 from services.tabular_preprocessing import encode_records
@@ -231,8 +230,8 @@ class TabularTask(Task):
         unfilled = [c for c in spec.cont_names if c not in spec.fill_values and frame[c].isna().any()]
         if unfilled:
             without_values = frame[unfilled].isna().any(axis=1)
-            click.echo(f"      left out {int(without_values.sum())} sample row(s) with no value in {', '.join(unfilled)}: "
-                       "this learner has no FillMissing for those columns, so fastai computes NaN for such rows "
+            click.echo(f"      left out {int(without_values.sum())} sample row(s) with no value in "
+                       f"{', '.join(unfilled)}: this learner has no FillMissing for those columns, so fastai computes NaN for such rows "
                        "and the service refuses them (400)")
             frame = frame[~without_values]
             if frame.empty:
@@ -263,11 +262,12 @@ class TabularTask(Task):
         return isinstance(learn.model, TabularModel)
 
     def refusal(self, learn) -> str | None:
-        if len(learn.dls.y_names) > 1 and target_kind(learn) != "multi-label":
+        refusal = single_label_refusal(learn, self.name, regression_served=True)
+        if refusal is None and len(learn.dls.y_names) > 1:
             return (f"this tabular learner predicts {len(learn.dls.y_names)} targets at once "
                     f"({', '.join(learn.dls.y_names)}); the tabular task serves one target per record; "
                     "learners with several targets are not supported yet")
-        return single_label_refusal(learn, self.name, regression_served=True)
+        return refusal
 
     # ----- export -----------------------------------------------------------------------------
     def exportable_module(self, learn):
@@ -336,7 +336,8 @@ class TabularTask(Task):
         procs = learn.dls.train_ds.procs
         # A learner may be trained without FillMissing (no missing values) or Normalize; then nothing is
         # filled (a missing value is a 400, as fastai would compute NaN) and the columns go in as they are.
-        categorify, fill, normalize = (getattr(procs, name, None) for name in ("categorify", "fill_missing", "normalize"))
+        categorify, fill, normalize = (getattr(procs, name, None)
+                                       for name in ("categorify", "fill_missing", "normalize"))
         x_cat_columns = list(learn.dls.cat_names)
         if x_cat_columns and categorify is None:
             raise PipelineError(f"this tabular learner has categorical columns ({', '.join(x_cat_columns)}) but no "

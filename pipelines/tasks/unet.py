@@ -274,8 +274,8 @@ class UnetTask(Task):
     def preprocessing(self, learn):
         spec = image_preprocessing(learn.dls, batch_resizing=True, color_mode=color_mode_of(learn.model))
         if spec.batch_resize is not None and any(step.crop for step in spec.batch_resize.steps):
-            raise PipelineError("the learner's DataLoaders crop batches (RandomResizedCropGPU); the service maps "
-                                "a U-Net's mask back onto the whole image, so it serves batch resizing without a crop only")
+            raise PipelineError("the learner's DataLoaders crop batches (RandomResizedCropGPU); the service maps a "
+                                "U-Net's mask back onto the whole image, so it serves batch resizing without a crop only")
         return spec
 
     def report_figures(self, learn, folder: Path) -> list[tuple[str, str]]:
