@@ -147,6 +147,12 @@ def notebook_pickle_module():
     return module
 
 
+def module_installed(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
 def load_user_learner(path: Path):
     """What fastai's `load_learner(path, cpu=True)` does, with the failures a user meets as one line each
     (and data functions of a notebook's `__main__` stood in for: NotebookUnpickler)."""
@@ -166,6 +172,9 @@ def load_user_learner(path: Path):
             learn = torch.load(path, map_location="cpu", pickle_module=notebook_pickle_module(), weights_only=False)
     except (AttributeError, ImportError, TypeError) as error:
         lacking = f" (used as a class: {', '.join(NotebookUnpickler.missing)})" if NotebookUnpickler.missing else ""
+        if isinstance(error, ImportError) and (error.name or "").split(".")[0] == "timm" and not module_installed("timm"):
+            raise PipelineError(f"{path}: the learner's model is a timm model (`vision_learner(dls, 'name')`), and "
+                                "timm is not installed here: pip install 'fastai-onnx-pipelines[timm]' (or timm)") from None
         raise PipelineError(
             f"{path}: the pickle refers to code this environment lacks: {message_line(error, last=True)}{lacking}. "
             "Import or define the learner's custom classes before exporting (a script that imports them and calls "

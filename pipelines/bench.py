@@ -187,7 +187,7 @@ def load_model_under_test(target: str, threads: int, openvino: bool) -> ModelUnd
         # the session keeps the graph in memory, so the exported file goes once the session exists
         with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
             exported = Path(scratch) / MODEL_FILE
-            export_onnx(module, task.example_inputs(learn), task.onnx_config, exported)
+            export_onnx(module, task.example_inputs(learn), task.onnx_config_for(learn), exported)
             model.runtimes.append(onnx_runtime(f"ONNX Runtime fp32, {label}", exported, threads))
         model.variants.append(label)
     model.runtimes.append(onnx_runtime("ONNX Runtime fp32", folder / MODEL_FILE, threads))
@@ -213,7 +213,7 @@ def bench_model(target: str, threads: int, rounds: int, repeats: int, budget_s: 
     task = model.task
     case = task.evaluation_case(task.parity_cases(model.learn, model.data))
     rows = []
-    for label, inputs in task.bench_inputs(case).items():
+    for label, inputs in task.bench_inputs(model.learn, case).items():
         click.echo(f"      {label}: {len(model.runtimes)} runtimes, {rounds} interleaved rounds of {repeats}")
         samples = interleaved_ms({runtime.name: runtime.run for runtime in model.runtimes}, inputs, rounds, repeats,
                                  budget_s)

@@ -146,18 +146,41 @@ def refuse_diverged(learn, summary) -> None:
 def export(source: ModelSource, position: str = "") -> Manifest:
     """model.onnx and manifest.json in the artifact folder, from the fastai model."""
     task, learn, folder = source.task, source.learn, source.folder
-    config = task.onnx_config
+    config = task.onnx_config_for(learn)
     stage("export", f"exporting to ONNX (opset {config.opset}, {config.exporter} exporter)", position)
     module = task.exportable_module(learn)
     example = task.example_inputs(learn)
     onnx_path = folder / MODEL_FILE
-    exporter = export_onnx(module, example, config, onnx_path, progress=click.echo)
+    for narrowed, usual, tensor in zip(config.inputs, task.onnx_config.inputs, example):
+        fixed = {usual.dynamic_axes[axis]: tensor.shape[axis] for axis in set(usual.dynamic_axes) - set(narrowed.dynamic_axes)}
+        if fixed:
+            click.echo(f"      {narrowed.name}: {', '.join(f'{name} fixed at {size}' for name, size in fixed.items())} "
+                       "(the model does not answer at other sizes; the service resizes to this one)")
+    # Written beside model.onnx and moved over it only once the manifest is made: an export that fails
+    # halfway leaves the files already there (a verified model.onnx and its manifest) as they were.
+    staged = folder / f".{MODEL_FILE}.new"
+    try:
+        exporter = export_onnx(module, example, config, staged, progress=click.echo)
+        session = create_session(staged, provider="cpu")
+        example_outputs = session.run(None, {name: t.numpy() for name, t in zip(config.input_names, example)})
+        del session
+        manifest = export_manifest(source, config, example, example_outputs, exporter)
+        staged.replace(onnx_path)
+    finally:
+        staged.unlink(missing_ok=True)
     click.echo(f"      wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB) with the {exporter} exporter")
-    session = create_session(onnx_path, provider="cpu")
-    example_outputs = session.run(None, {name: t.numpy() for name, t in zip(config.input_names, example)})
+    manifest.write(folder)
+    # A new model.onnx is unverified until verify runs, and an int8 file made from the old one is stale.
+    (folder / PARITY_FILE).unlink(missing_ok=True)
+    (folder / INT8_MODEL_FILE).unlink(missing_ok=True)
+    return manifest
+
+
+def export_manifest(source: ModelSource, config, example, example_outputs, exporter: str) -> Manifest:
+    task, learn, folder = source.task, source.learn, source.folder
     summary = source.summary
     record = source.record
-    manifest = build_manifest(
+    return build_manifest(
         task.name, config, example, example_outputs, task.labels(learn), task.preprocessing(learn),
         provenance={
             "source": record["kind"],
@@ -177,11 +200,6 @@ def export(source: ModelSource, position: str = "") -> Manifest:
         if summary else {},
         exporter=exporter,
     )
-    manifest.write(folder)
-    # A new model.onnx is unverified until verify runs, and an int8 file made from the old one is stale.
-    (folder / PARITY_FILE).unlink(missing_ok=True)
-    (folder / INT8_MODEL_FILE).unlink(missing_ok=True)
-    return manifest
 
 
 def verify(source: ModelSource, position: str = "") -> ParityReport:
@@ -195,7 +213,7 @@ def verify(source: ModelSource, position: str = "") -> ParityReport:
                     "service's session options)", position)
     checksum = file_sha256(onnx_path)
     session = create_session(onnx_path, provider="cpu")
-    parity = check_parity(task.name, task.reference_module(learn), session, task.onnx_config, task.parity_cases(learn, source.data),
+    parity = check_parity(task.name, task.reference_module(learn), session, task.onnx_config_for(learn), task.parity_cases(learn, source.data),
                           progress=click.echo)
     parity.preprocessing = task.check_preprocessing(learn, source.data)
     parity.data_source, parity.model_sha256 = source.data.source, checksum
@@ -284,7 +302,7 @@ def judge_int8(source: ModelSource, gate, int8_file: Path, calibration_source: s
     runs = {precision: session_output(session) for precision, session in
             {**sessions, **({OPENVINO_INT8: openvino} if openvino else {})}.items()}
     latency = {label: {precision: statistics.median(values) for precision, values in interleaved_ms(runs, inputs).items()}
-               for label, inputs in task.bench_inputs(case).items()}
+               for label, inputs in task.bench_inputs(source.learn, case).items()}
     speedup = min(times["fp32"] / times["int8"] for times in latency.values())
     problems = gate_problems(gate, judged, speedup)
     for batch, times in latency.items():

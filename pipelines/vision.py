@@ -44,7 +44,10 @@ class ImageFolderOptions(TaskOptions):
 
     data: str = option("digits", "'digits' (embedded, offline), 'pets' (Oxford-IIIT Pets via fastai's untar_data), "
                                  "or a folder of images.")
-    label_from: str = option("filename", "Where a user folder's class comes from.", choices=("filename", "folder"))
+    label_from: str = option("auto", "Where a user folder's class comes from: the file name (--label-pattern), the "
+                                      "parent folder, or 'auto': the file name where every name matches the "
+                                      "pattern, else the parent folder where images sit in class folders.",
+                             choices=("auto", "filename", "folder"))
     label_pattern: str = option(BOOK_LABEL_PATTERN, "Regex whose first group is the class, matched against the file name.")
     image_size: int | None = option(None, "Square training size in pixels [default: 32 for digits, 224 otherwise].",
                                     type=click.IntRange(16, 1024))
@@ -74,9 +77,58 @@ def resolve_image_files(options: ImageFolderOptions) -> tuple[list[Path], callab
     if not files:
         raise PipelineError(f"--data {data}: no image files found (looked for .jpg, .jpeg, .png and others)")
     files = readable_training_images(files, f"--data {data}")
-    if options.label_from == "folder":
+    label_from = options.label_from
+    if label_from == "auto":
+        pattern = re.compile(options.label_pattern)
+        in_class_folders = all(f.parent != folder for f in files) and len({f.parent.name for f in files}) >= 2
+        label_from = "folder" if in_class_folders and not all(pattern.match(f.name) for f in files) else "filename"
+        if label_from == "folder":
+            click.echo(f"      class = parent folder: the images sit in {len({f.parent.name for f in files})} folders "
+                       "and their names do not all match --label-pattern (--label-from says otherwise)")
+    if label_from == "folder":
         return files, parent_label_func, f"folder {folder} (class = parent folder)"
     return files, regex_label_func(options.label_pattern), f"folder {folder} (class from file name)"
+
+
+TRAINING_FOLDERS, VALIDATION_FOLDERS = {"train", "training"}, {"valid", "val", "validation"}
+
+
+def training_split(options: ImageFolderOptions, files: list[Path], labels: list[str]):
+    """The images and labels to train on and their split, (training indices, validation indices): where the
+    --data folder holds train/ and valid/ (or val/) folders, ImageNet's and fastai's own layouts, those
+    (fastai's GrandparentSplitter; images elsewhere, test/ say, are left out with a line); else fastai's
+    RandomSplitter, 20% with --seed. Validation images of a class no training image has are left out with a
+    line (fastai takes the classes from the training images and fails on the others)."""
+    import numpy as np
+    import pandas as pd
+    from fastai.data.transforms import RandomSplitter
+
+    from pipelines.tasks.tabular import classes_seen_in_training
+
+    folder = Path(options.data).expanduser()
+    parts = [Path(f).relative_to(folder).parts[0].lower() if folder.is_dir() and Path(f).is_relative_to(folder) else ""
+             for f in files]
+    laid_out = any(p in TRAINING_FOLDERS for p in parts) and any(p in VALIDATION_FOLDERS for p in parts)
+    if laid_out:
+        kept = [i for i, part in enumerate(parts) if part in TRAINING_FOLDERS | VALIDATION_FOLDERS]
+        if len(kept) < len(files):
+            others = sorted({parts[i] for i in range(len(files)) if i not in set(kept)})
+            click.echo(f"      left out {len(files) - len(kept)} image(s) outside the train and valid folders "
+                       f"({', '.join(f'{name}/' for name in others[:3])})")
+        files, labels = [files[i] for i in kept], [labels[i] for i in kept]
+        is_valid = np.array([parts[i] in VALIDATION_FOLDERS for i in kept])
+        click.echo(f"      split: the train and valid folders ({int((~is_valid).sum())} and {int(is_valid.sum())} images)")
+    else:
+        random_split = RandomSplitter(0.2, seed=options.seed)(files)
+        is_valid = np.isin(np.arange(len(files)), random_split[1])
+        if is_valid.all() or not is_valid.any():
+            raise PipelineError(f"--data {options.data}: {len(files)} image(s) are too few to split into training "
+                                "and validation")
+    keep = classes_seen_in_training(pd.Series(labels), is_valid, items="image")
+    if keep.all() and not laid_out:
+        return files, labels, random_split  # fastai's own order
+    files, labels, is_valid = [f for f, k in zip(files, keep) if k], [v for v, k in zip(labels, keep) if k], is_valid[keep]
+    return files, labels, (np.flatnonzero(~is_valid).tolist(), np.flatnonzero(is_valid).tolist())
 
 
 def imagenet_weights(arch: str, choice: str):
@@ -120,6 +172,35 @@ def color_mode_of(model) -> str:
         raise PipelineError(f"the model takes {channels}-channel images; the service decodes RGB (3) or grey (1) "
                             "images only")
     return "L" if channels == 1 else "RGB"
+
+
+def input_and_target_pipelines(learn):
+    """The Datasets' two pipelines, input's and target's, of a Learner built on `Datasets` (DataBlock,
+    ImageDataLoaders...), or None (a `TfmdLists` of tuples, as the book's Siamese data, has one)."""
+    from fastcore.foundation import L
+
+    pipelines = getattr(learn.dls.train_ds, "tfms", None)
+    if not isinstance(pipelines, (list, tuple, L)) or len(pipelines) != 2:
+        return None
+    return pipelines
+
+
+def image_in_target_out(learn) -> bool:
+    """Whether the Learner's data is one image in and one target out that is not an image (a class,
+    several labels or a number), as `ImageDataLoaders` or `DataBlock(blocks=(ImageBlock, CategoryBlock))`
+    make it: a classifier's data, whatever model the user gave `Learner(dls, model)`."""
+    pipelines = input_and_target_pipelines(learn)
+    if pipelines is None:
+        return False
+    image, target = ([getattr(f, "name", "") for f in pipeline.fs] for pipeline in pipelines)
+    return "PILBase.create" in image and not any(name.endswith(".create") for name in target)  # PILMask.create too
+
+
+def created_image_types(pipeline) -> list[type]:
+    """The fastai image types (PILImage, PILImageBW, PILMask) a Datasets pipeline's `create` steps make. Their
+    Transforms share the name "PILBase.create"; the bound class tells them apart."""
+    owners = (getattr(getattr(getattr(f, "encodes", None), "_f", None), "__self__", None) for f in pipeline.fs)
+    return [owner for owner in owners if isinstance(owner, type)]
 
 
 def image_preprocessing(dls, batch_resizing: bool = False, color_mode: str = "RGB"):

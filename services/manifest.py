@@ -137,7 +137,7 @@ class TextPreprocessing(BaseModel):
     vocab: list[str]
     pad_index: int
     bptt: int
-    max_len: int
+    max_len: int | None  # None: every token's output is pooled (fastai's max_len=None)
 
 
 Preprocessing = Annotated[ImagePreprocessing | TabularPreprocessing | TextPreprocessing, Field(discriminator="kind")]

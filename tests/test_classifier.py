@@ -2,11 +2,15 @@
 parity, served, and a user's own exported vision_learner brought in."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
+from PIL import Image
+
+from export.parity import ParityCase
 
 from tests.helpers import TINY_CLASSIFIER_OPTIONS, bentoml_server
 from tests.test_cli import assert_clean_failure, run_cli
@@ -116,6 +120,15 @@ def test_service_answers_top_k_as_fastai_and_rejects_bad_requests(classifier_run
         assert requests.post(f"{url}/predict", files={"image": open(images[1], "rb")}, timeout=30).status_code == 200
 
 
+def assert_answers_like_learn_predict(url: str, expected: dict) -> None:
+    """The served probabilities of each image within 1e-4 of the user's own `learn.predict` (expected.json)."""
+    for path, probabilities in expected["probabilities"].items():
+        with open(path, "rb") as image:
+            answer = requests.post(f"{url}/predict", files={"image": image}, data={"k": "10"}, timeout=30).json()
+        served = {entry["label"]: entry["probability"] for entry in answer["predictions"][0]["top"]}
+        assert max(abs(served[label] - p) for label, p in zip(expected["labels"], probabilities)) <= 1e-4
+
+
 def test_users_vision_learner_becomes_a_served_model(tmp_path, digits_folder):
     user_learner("classifier_user.py", digits_folder, tmp_path / "user")
     export_verify_register(tmp_path / "user" / "export.pkl", tmp_path / "user" / "sample", tmp_path / "artifact",
@@ -124,11 +137,65 @@ def test_users_vision_learner_becomes_a_served_model(tmp_path, digits_folder):
     assert "accuracy" in parity["cases"][-2]["metrics"]  # class folders named like the learner's classes
     expected = json.loads((tmp_path / "user" / "expected.json").read_text())
     with bentoml_server("services.classifier:ClassifierService", env={"CLASSIFIER_MODEL_TAG": "classifier-user:latest"}) as url:
-        for path, probabilities in expected["probabilities"].items():
-            with open(path, "rb") as image:
-                answer = requests.post(f"{url}/predict", files={"image": image}, data={"k": "10"}, timeout=30).json()
-            served = {entry["label"]: entry["probability"] for entry in answer["predictions"][0]["top"]}
-            assert max(abs(served[label] - p) for label, p in zip(expected["labels"], probabilities)) <= 1e-4
+        assert_answers_like_learn_predict(url, expected)
+
+
+def test_learners_with_the_users_own_model_are_served(tmp_path, digits_folder):
+    """`Learner(dls, xresnet18(n_out=...))` and the book's `simple_cnn` are classifiers by their data
+    (images in, classes out), not by vision_learner's layers. The simple CNN answers at its training size
+    only: its graph fixes height and width, and parity and bench leave out the second size."""
+    from pipelines.artifact import load_user_learner, recognise_task
+    from pipelines.errors import PipelineError
+    from pipelines.registry import get_task
+
+    user_learner("classifier_own_models.py", digits_folder, tmp_path / "user")
+    any_size, fixed = tmp_path / "user" / "xresnet", tmp_path / "user" / "simple_cnn"
+    exported = run_cli("export", "--learner", str(any_size / "export.pkl"), "--sample", str(any_size / "sample"),
+                       "--output", str(any_size / "artifact"))
+    assert exported.returncode == 0 and "recognised a classifier learner (XResNet)" in exported.stdout
+    assert run_cli("verify", str(any_size / "artifact")).returncode == 0
+    export_verify_register(fixed / "export.pkl", fixed / "sample", fixed / "artifact", "classifier-cnn")
+    shapes = {folder.name: json.loads((folder / "artifact" / "manifest.json").read_text())["inputs"][0]["shape"]
+              for folder in (any_size, fixed)}
+    assert shapes == {"xresnet": ["batch", 3, "height", "width"], "simple_cnn": ["batch", 3, 28, 28]}
+    second_size = [case["name"] for folder in (any_size, fixed)
+                   for case in json.loads((folder / "artifact" / "parity.json").read_text())["cases"] if "72x88" in case["name"]]
+    assert second_size == ["sample images at 72x88"]  # the xresnet's only
+    task, learn = get_task("classifier"), load_user_learner(fixed / "export.pkl")
+    case = ParityCase("sample", {"image": np.zeros((16, 3, 28, 28), np.float32)}, None, "")
+    assert list(task.bench_inputs(learn, case)) == ["batch 1", "batch 16"]
+
+    expected = json.loads((fixed / "expected.json").read_text())
+    with bentoml_server("services.classifier:ClassifierService", env={"CLASSIFIER_MODEL_TAG": "classifier-cnn:latest"}) as url:
+        assert_answers_like_learn_predict(url, expected)
+        big = tmp_path / "big.png"
+        Image.new("RGB", (300, 200), "white").save(big)
+        with open(big, "rb") as image:  # resized to 28x28 by the service, as fastai's Resize does
+            assert requests.post(f"{url}/predict", files={"image": image}, timeout=30).status_code == 200
+
+    with pytest.raises(PipelineError, match=re.escape("gives (1, 1000) for one image at 28x28")):
+        recognise_task(load_user_learner(tmp_path / "user" / "wrong_outputs.pkl"))
+
+
+def test_a_timm_learner_exports_with_parity_and_without_timm_is_one_line(tmp_path, digits_folder, monkeypatch):
+    import sys
+
+    from pipelines.artifact import load_user_learner
+    from pipelines.errors import PipelineError
+
+    user_learner("classifier_timm.py", digits_folder, tmp_path / "user")
+    learner, folder = tmp_path / "user" / "export.pkl", tmp_path / "artifact"
+    exported = run_cli("export", "--learner", str(learner), "--sample", str(tmp_path / "user" / "sample"),
+                       "--output", str(folder))
+    assert exported.returncode == 0 and "recognised a classifier learner" in exported.stdout, exported.stderr[-3000:]
+    verified = run_cli("verify", str(folder))
+    assert verified.returncode == 0 and "parity passed" in verified.stdout, verified.stderr[-3000:]
+
+    for name in [name for name in sys.modules if name.startswith("timm.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "timm", None)  # as where timm is not installed
+    with pytest.raises(PipelineError, match=re.escape("timm is not installed here: pip install")):
+        load_user_learner(learner)
 
 
 def test_an_unconvertible_custom_body_is_named(tmp_path, digits_folder):

@@ -45,6 +45,57 @@ def test_training_skips_unreadable_images_and_says_which(folder_with_broken_file
     assert (folder_with_broken_files / "dog" / "notes.jpg").exists()  # never deleted
 
 
+def test_the_class_comes_from_class_folders_or_file_names_as_the_folder_is_laid_out(tmp_path, capsys):
+    """ImageNet's layout (train/cat/x.jpg, valid/dog/y.jpg) and the book's pets names (Abyssinian_1.jpg), each
+    read without --label-from; an explicit --label-from is kept."""
+    folders = tmp_path / "folders"
+    for split, label, name in (("train", "cat", "x1.jpg"), ("train", "dog", "x2.jpg"), ("valid", "dog", "y.jpg")):
+        write_image(folders / split / label / name)
+    files, label_func, source = resolve_image_files(ImageFolderOptions(data=str(folders)))
+    assert [label_func(f) for f in files] == ["cat", "dog", "dog"] and "class = parent folder" in source
+    assert "class = parent folder: the images sit in 2 folders" in capsys.readouterr().out
+
+    named = tmp_path / "named"
+    for name in ("Abyssinian_1.jpg", "Abyssinian_2.jpg", "Bengal_1.jpg"):
+        write_image(named / "part" / name)
+        write_image(named / "other" / name)  # in folders too, but every name matches the pattern
+    files, label_func, _ = resolve_image_files(ImageFolderOptions(data=str(named)))
+    assert sorted({label_func(f) for f in files}) == ["Abyssinian", "Bengal"]
+
+    flat = tmp_path / "flat"
+    write_image(flat / "a.jpg"), write_image(flat / "b.jpg")
+    for options in (ImageFolderOptions(data=str(folders), label_from="filename"),
+                    ImageFolderOptions(data=str(flat))):  # no folders to read a class from
+        files, label_func, _ = resolve_image_files(options)
+        with pytest.raises(PipelineError, match="does not match the label pattern"):
+            [label_func(f) for f in files]
+
+
+def test_train_and_valid_folders_are_the_split_and_unseen_validation_classes_are_left_out(tmp_path, capsys):
+    from fastai.data.transforms import RandomSplitter
+
+    from pipelines.vision import training_split
+
+    data = tmp_path / "data"
+    layout = [("train", "cat", 3), ("train", "dog", 3), ("val", "cat", 2), ("val", "dog", 1), ("val", "fox", 1),
+              ("test", "cat", 2)]
+    for split, label, count in layout:
+        for n in range(count):
+            write_image(data / split / label / f"{n}.png")
+    options = ImageFolderOptions(data=str(data), label_from="folder")
+    files, label_func, _ = resolve_image_files(options)
+    kept, labels, (train, valid) = training_split(options, files, [label_func(f) for f in files])
+    assert sorted(kept[i].parent.parent.name for i in train) == ["train"] * 6
+    assert sorted((kept[i].parent.parent.name, labels[i]) for i in valid) == [("val", "cat"), ("val", "cat"), ("val", "dog")]
+    said = capsys.readouterr().out
+    assert "left out 2 image(s) outside the train and valid folders (test/)" in said
+    assert "left out 1 validation image(s) of class(es) no training image has: 'fox'" in said
+
+    flat = [data / "train" / "cat" / "0.png"] * 10  # no valid folder among them: fastai's random 20%, its order
+    split = training_split(ImageFolderOptions(data=str(tmp_path / "elsewhere"), seed=3), flat, ["a", "b"] * 5)[2]
+    assert [list(part) for part in split] == [list(part) for part in RandomSplitter(0.2, seed=3)(flat)]
+
+
 def test_a_folder_of_only_unreadable_images_is_an_error(tmp_path):
     (tmp_path / "x.jpg").write_text("no")
     with pytest.raises(PipelineError, match="no readable images: 1 unreadable image"):
@@ -67,6 +118,22 @@ def test_segmentation_pairs_with_an_unreadable_image_or_mask_are_skipped(tmp_pat
     (tmp_path / "labels" / "two_P.png").write_bytes(b"\x89PNG broken")
     (tmp_path / "images" / "three.png").write_bytes(b"")
     assert [f.name for f in check_camvid_layout(tmp_path)] == ["one.png"]
+
+
+def test_masks_named_otherwise_than_camvid_are_found(tmp_path):
+    """Many segmentation sets keep masks in masks/, named like their image with a lossless .png."""
+    from pipelines.tasks.unet import camvid_label_func
+
+    for stem in ("one", "two"):
+        write_image(tmp_path / "images" / f"{stem}.jpg")
+        write_image(tmp_path / "masks" / f"{stem}.png", "L")
+    (tmp_path / "codes.txt").write_text("background\nthing\n")
+    assert [f.name for f in check_camvid_layout(tmp_path)] == ["one.jpg", "two.jpg"]
+    assert camvid_label_func(tmp_path)(tmp_path / "images" / "two.jpg") == tmp_path / "masks" / "two.png"
+    write_image(tmp_path / "images" / "three.jpg")
+    with pytest.raises(PipelineError, match=r"1 images have no mask, e.g. three.jpg needs masks/three.png \(mask names "
+                                            r"looked for in labels/, masks/: three_P.jpg, three.jpg, three.png"):
+        check_camvid_layout(tmp_path)
 
 
 def camvid_folder(root, sizes, mask_value=1):

@@ -114,6 +114,28 @@ def test_reexport_makes_the_model_unverified_again(staged, tmp_path):
     assert_clean_failure(run_cli("register", str(copy)), "was never verified")
 
 
+def test_an_export_that_fails_halfway_leaves_the_verified_files_as_they_were(staged, tmp_path, monkeypatch):
+    """The new graph is written beside model.onnx and replaces it only once its manifest is made."""
+    import shutil
+
+    from pipelines import run
+    from pipelines.artifact import load_model_source
+    from pipelines.errors import PipelineError
+
+    copy = tmp_path / "kept"
+    shutil.copytree(staged, copy)
+    before = {name: (copy / name).read_bytes() for name in (MODEL_FILE, "manifest.json", "parity.json")}
+
+    def no_manifest(*args, **kwargs):
+        raise PipelineError("the manifest could not be made")
+
+    monkeypatch.setattr(run, "build_manifest", no_manifest)
+    with pytest.raises(PipelineError, match="the manifest could not be made"):
+        run.export(load_model_source(copy))
+    assert {name: (copy / name).read_bytes() for name in before} == before
+    assert sorted(path.name for path in copy.iterdir()) == sorted(path.name for path in staged.iterdir())
+
+
 def test_stage_errors_are_one_line(tmp_path):
     assert_clean_failure(run_cli("export", str(tmp_path / "nothing")), "no such artifact folder")
     assert_clean_failure(run_cli("verify", str(tmp_path)), "not an artifact folder")

@@ -10,7 +10,7 @@ import pytest
 
 from pipelines.run import train_and_export
 from pipelines.errors import PipelineError
-from pipelines.tasks.tabular import class_labels, usable_continuous
+from pipelines.tasks.tabular import class_labels, usable_categorical, usable_continuous
 from services.manifest import MODEL_FILE, Manifest
 from services.runtime import create_session
 from services.tabular_preprocessing import RecordError, encode_records
@@ -157,6 +157,16 @@ def test_continuous_columns_that_would_train_to_nan_are_left_out_or_refused(caps
         usable_continuous(frame, training, ["size", "empty"], named=True)
     with pytest.raises(PipelineError, match="size hold infinite values"):
         usable_continuous(frame.assign(size=[1.0, np.inf, 3.0, 4.0]), training, ["size"], named=False)
+
+
+def test_inferred_categories_that_tell_every_row_apart_are_left_out(capsys):
+    """A passenger list's names, ticket ids or free text: a different value in nearly every training row."""
+    rows = 60
+    training = pd.DataFrame({"name": [f"Person {n}" for n in range(rows)], "sex": ["f", "m"] * (rows // 2),
+                             "note": [f"note {n}" if n % 2 else None for n in range(rows)]})
+    assert usable_categorical(training, ["name", "sex", "note"], named=False) == ["sex", "note"]  # 30 notes: too few
+    assert "left out name: a different value in nearly every training row" in capsys.readouterr().out
+    assert usable_categorical(training, ["name", "sex"], named=True) == ["name", "sex"]  # --cat-names keeps them
 
 
 def test_parquet_with_typed_columns(tmp_path):

@@ -9,9 +9,10 @@ import pytest
 import requests
 import torch
 
+from pipelines.errors import PipelineError
 from services.text_preprocessing import Numericalizer, batch_ids, tokenize
 from tests.conftest import SHARED_DATASETS
-from tests.helpers import bentoml_server, synthetic_reviews
+from tests.helpers import TINY_TEXT_OPTIONS, bentoml_server, synthetic_reviews
 
 pytestmark = pytest.mark.slow
 
@@ -189,7 +190,7 @@ def test_validation_texts_of_a_class_training_never_saw_are_left_out(tmp_path, c
     assert result.parity.passed and sorted(result.manifest.labels) == ["bad", "good"]
 
 
-def _text_learner(**tokenizer):
+def _text_learner(learner_options=None, **tokenizer):
     import pandas as pd
     from fastai.text.all import (
         AWD_LSTM, CategoryBlock, ColReader, DataBlock, RandomSplitter, TextBlock, text_classifier_learner,
@@ -201,7 +202,7 @@ def _text_learner(**tokenizer):
     block = DataBlock(blocks=(TextBlock.from_df("text", **tokenizer), CategoryBlock), get_x=ColReader("text"),
                       get_y=ColReader("label"), splitter=RandomSplitter(0.25, seed=0))
     dls = block.dataloaders(frame, bs=4)
-    return text_classifier_learner(dls, AWD_LSTM, pretrained=False), texts
+    return text_classifier_learner(dls, AWD_LSTM, pretrained=False, **(learner_options or {})), texts
 
 
 def test_a_learner_tokenized_in_another_language_is_served_with_that_language():
@@ -234,3 +235,60 @@ def test_a_tokenizer_rule_the_service_lacks_is_refused_in_one_line():
     learn, _ = _text_learner(rules=[*defaults.text_proc_rules, strip_euro])
     with pytest.raises(PipelineError, match="rule\\(s\\) strip_euro that the service does not have"):
         get_task("text").preprocessing(learn)
+
+
+def test_max_len_none_another_seq_len_and_a_small_vocabulary_export_with_fastais_answers(tmp_path):
+    """`text_classifier_learner(..., seq_len=36, max_len=None)` (fastai pools every token's output) over a
+    vocabulary of fewer than 50 tokens, exported and run in ONNX Runtime, one text and a padded batch."""
+    import onnxruntime as ort
+
+    from export.onnx_export import export_onnx
+    from pipelines.registry import get_task
+
+    task = get_task("text")
+    learn, texts = _text_learner(dict(seq_len=36, max_len=None, config=dict(emb_sz=16, n_hid=32, n_layers=1)), min_freq=5)
+    assert len(learn.dls.vocab[0]) < 50 and task.preprocessing(learn).max_len is None
+    assert task.encoder_settings(learn) == (36, None)
+    export_onnx(task.exportable_module(learn), task.example_inputs(learn), task.onnx_config, tmp_path / "model.onnx")
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    long = task.fastai_ids(learn.dls, " ".join(texts * 8))
+    assert len(long) > 1440 + 36  # past fastai's default max_len, which would have dropped the first outputs
+    rows = [long, long[:20]]
+    tokens, lengths = batch_ids(rows, learn.dls.vocab[0].index("xxpad"))
+    answers = session.run(None, {"tokens": tokens, "lengths": lengths})[0]
+    for answer, ids in zip(answers, rows):
+        np.testing.assert_allclose(answer, task.fastai_logits(learn, ids), atol=3e-5, rtol=0)
+
+
+def test_a_folder_of_class_folders_of_text_files_is_read_as_imdb_is(tmp_path, capsys):
+    """IMDB's layout, what fastai's TextDataLoaders.from_folder reads: train/<class>/*.txt and test/<class>/*.txt
+    (the book's valid='test'); unsup/ is unlabelled; a file that is not UTF-8 is read as Latin-1."""
+    from pipelines.registry import get_task
+    from pipelines.tasks.text import read_text_folder
+
+    reviews = synthetic_reviews(40)
+    for n, (text, label) in enumerate(zip(reviews["text"], reviews["label"])):
+        path = tmp_path / "imdb" / ("test" if n % 4 == 0 else "train") / label / f"{n}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    (tmp_path / "imdb" / "train" / "unsup").mkdir()
+    (tmp_path / "imdb" / "train" / "unsup" / "u.txt").write_text("no label")
+    (tmp_path / "imdb" / "train" / "good" / "latin.txt").write_bytes("café, good".encode("latin-1"))
+    frame = read_text_folder(tmp_path / "imdb")
+    assert len(frame) == 41 and int(frame["is_valid"].sum()) == 10 and set(frame["label"]) == {"good", "bad"}
+    assert "café, good" in set(frame["text"])
+    said = capsys.readouterr().out
+    assert "left out 1 text file(s) in train/unsup/" in said and "1 text file(s) are not UTF-8" in said
+
+    task = get_task("text")
+    options = {k: v for k, v in TINY_TEXT_OPTIONS.items() if k != "register"}
+    data = task.prepare_data(task.Options(**dict(options, data=str(tmp_path / "imdb"), text_col=None, label_col=None)))
+    assert len(data.dls.valid_ds) == 10 and sorted(data.dls.vocab[1]) == ["bad", "good"]
+
+    flat = tmp_path / "flat"  # class folders without train/: fastai's random split
+    for n, label in enumerate(["good", "bad"] * 3):
+        (flat / label).mkdir(parents=True, exist_ok=True)
+        (flat / label / f"{n}.txt").write_text(f"text {n}")
+    assert "is_valid" not in read_text_folder(flat).columns and len(read_text_folder(flat)) == 6
+    with pytest.raises(PipelineError, match="no .txt files in class folders"):
+        read_text_folder(tmp_path / "imdb" / "train" / "good")  # files, but no class folders

@@ -92,7 +92,7 @@ def test_folder_not_in_camvid_layout_is_a_clear_cli_error(tmp_path):
     completed = subprocess.run([PIPELINES, "train-and-export", "unet", "--data", str(tmp_path), "--output",
                                 str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=240)
     assert completed.returncode != 0 and "Traceback" not in completed.stderr
-    assert "not in CamVid's layout, lacks labels, codes.txt" in completed.stderr
+    assert "not in CamVid's layout, lacks labels (or masks), codes.txt" in completed.stderr
 
 
 @pytest.fixture(scope="module")

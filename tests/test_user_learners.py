@@ -67,6 +67,29 @@ def test_book_siamese_notebook_learner_is_served(tmp_path, digits_folder):
             assert abs(answer["probability_same"] - probabilities[1]) < 1e-4
 
 
+def test_siamese_learner_with_its_own_forward_is_exported_as_it_is(tmp_path, digits_folder):
+    """The one-pass graph computes the book's forward (the head on both encodings concatenated); a model
+    that compares the encodings otherwise is exported with its own forward, two encoder passes, with parity."""
+    import torch
+
+    from pipelines.artifact import load_user_learner, recognise_task
+    from pipelines.errors import PipelineError
+
+    user_learner("siamese_own_forward.py", digits_folder, tmp_path / "user")
+    folder = tmp_path / "artifact"
+    exported = run_cli("export", "--learner", str(tmp_path / "user" / "export.pkl"), "--sample",
+                       str(tmp_path / "user" / "pairs.csv"), "--output", str(folder))
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert "forward is not the book's" in exported.stdout and "two encoder passes" in exported.stdout
+    verified = run_cli("verify", str(folder))
+    assert verified.returncode == 0 and "parity passed" in verified.stdout, verified.stderr[-3000:]
+
+    learn = load_user_learner(tmp_path / "user" / "export.pkl")
+    learn.model.head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(7, 2))  # fits no encoding
+    with pytest.raises(PipelineError, match="this learner's SiameseModel fails on a pair of images"):
+        recognise_task(learn)
+
+
 def test_unet_learner_is_served(tmp_path, scenes):
     user_learner("unet_user.py", scenes, tmp_path / "user")
     export_verify_register(tmp_path / "user" / "export.pkl", tmp_path / "user" / "sample", tmp_path / "artifact", "unet-user")
@@ -135,7 +158,8 @@ def test_tabular_learner_without_fillmissing_or_normalize(tmp_path):
 
 def test_learners_whose_targets_no_task_serves_are_refused(tmp_path, digits_folder):
     """A multi-label or regression vision_learner has the classifier's layers; serving it with a softmax
-    would answer wrongly, so export refuses it in one line (so for tabular multi-label and multi-target)."""
+    would answer wrongly, so export refuses it in one line (so for a U-Net predicting images, tabular
+    multi-label and multi-target)."""
     from pipelines.artifact import load_user_learner, recognise_task
     from pipelines.errors import PipelineError
 
@@ -145,10 +169,13 @@ def test_learners_whose_targets_no_task_serves_are_refused(tmp_path, digits_fold
                          "this classifier learner predicts several labels per input", "BCEWithLogitsLossFlat")
     assert not (tmp_path / "out").exists()
     for learner, message in (("vision_regression", "this classifier learner predicts numbers (RegressionBlock)"),
+                             ("unet_image_to_image", "this U-Net learner predicts an image (an ImageBlock target"),
                              ("tabular_multi_label", "this tabular learner predicts several labels per input"),
                              ("tabular_two_targets", "predicts 2 targets at once (bill_length_mm, body_mass_g)")):
         with pytest.raises(PipelineError, match=re.escape(message)):
             recognise_task(load_user_learner(tmp_path / f"{learner}.pkl"))
+    no_codes = load_user_learner(tmp_path / "unet_no_codes.pkl")
+    assert recognise_task(no_codes).labels(no_codes) == ["0", "1", "2"]  # MaskBlock() without codes: by number
 
 
 # ----- the errors a user meets ----------------------------------------------------------------------

@@ -226,6 +226,10 @@ class Task(ABC):
         """The user's `--sample` read for this Learner: raw inputs for parity and the preprocessing check."""
 
     # ----- export -----------------------------------------------------------------------------
+    def onnx_config_for(self, learn) -> OnnxConfig:
+        """The export config of this Learner: the task's, unless the Learner's model narrows it."""
+        return self.onnx_config
+
     @abstractmethod
     def exportable_module(self, learn): ...
 
@@ -270,13 +274,14 @@ class Task(ABC):
         """Other exportable forms of the model that `pipelines bench` measures beside the served graph."""
         return {}
 
-    def bench_inputs(self, case: ParityCase) -> dict[str, dict[str, np.ndarray]]:
+    def bench_inputs(self, learn, case: ParityCase) -> dict[str, dict[str, np.ndarray]]:
         """The inputs `pipelines bench` times every runtime on: the evaluation data at batch 1 and 16, and
-        for image models one random input at `bench_size`."""
+        for image models that take any size one random input at `bench_size`."""
         from export.quantize import rows_of
 
         inputs = {f"batch {n}": rows_of(case.inputs, n) for n in (1, 16)}
-        if self.bench_size is not None:
+        any_size = all({2, 3} <= set(spec.dynamic_axes) for spec in self.onnx_config_for(learn).inputs)
+        if self.bench_size is not None and any_size:
             height, width = self.bench_size
             rng = np.random.default_rng(0)
             inputs[f"batch 1 at {height}x{width}"] = {

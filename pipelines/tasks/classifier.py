@@ -23,9 +23,10 @@ from pipelines.errors import PipelineError
 from pipelines.tasks.base import BuiltLearner, PreparedData, Task, option, single_label_refusal
 from pipelines.training import TrainingHistory
 from pipelines.vision import (
-    ImageFolderOptions, color_mode_of, fastai_image_tensors, image_preprocessing, image_probes, imagenet_weights,
-    resolve_image_files, sample_image_files, torchvision_arch,
+    ImageFolderOptions, color_mode_of, fastai_image_tensors, image_in_target_out, image_preprocessing, image_probes,
+    imagenet_weights, resolve_image_files, sample_image_files, torchvision_arch, training_split,
 )
+from services.messages import message_line
 
 
 @dataclass
@@ -115,17 +116,21 @@ class ClassifierTask(Task):
 
     # ----- data -------------------------------------------------------------------------------
     def prepare_data(self, options: ClassifierOptions) -> PreparedData:
-        from fastai.vision.all import ImageDataLoaders, Normalize, Resize, aug_transforms, imagenet_stats
+        from fastai.vision.all import (
+            CategoryBlock, DataBlock, ImageBlock, ImageDataLoaders, Normalize, Resize, aug_transforms, imagenet_stats,
+        )
 
         files, label_func, source = resolve_image_files(options)
         labels = [label_func(f) for f in files]
         if len(set(labels)) < 2:
             raise PipelineError(f"{source}: found {len(set(labels))} class(es); a classifier needs at least 2")
+        files, labels, splits = training_split(options, files, labels)
         augment = [] if options.augment == "none" else aug_transforms(do_flip=options.augment == "flip")
-        dls = ImageDataLoaders.from_lists(
-            Path("."), files, labels, valid_pct=0.2, seed=options.seed, item_tfms=Resize(options.image_size),
-            batch_tfms=[*augment, Normalize.from_stats(*imagenet_stats)], bs=options.batch_size,
-        )
+        # ImageDataLoaders.from_lists, with the split given
+        block = DataBlock.from_columns(blocks=(ImageBlock, CategoryBlock), splitter=lambda items: splits,
+                                       item_tfms=Resize(options.image_size),
+                                       batch_tfms=[*augment, Normalize.from_stats(*imagenet_stats)])
+        dls = ImageDataLoaders.from_dblock(block, (files, labels), path=Path("."), bs=options.batch_size)
         return PreparedData(dls=dls, source=source, details={
             "images": len(files), "classes": len(dls.vocab), "train_images": len(dls.train_ds),
             "valid_images": len(dls.valid_ds), "image_size": options.image_size,
@@ -192,21 +197,55 @@ class ClassifierTask(Task):
 
     @classmethod
     def recognises(cls, learn) -> bool:
+        """A `vision_learner` (body and pooling head), or a `Learner(dls, model)` over images and classes
+        with a model of the user's own (`xresnet18(n_out=...)`, a torchvision or hand-written CNN)."""
         from fastai.layers import AdaptiveConcatPool2d
         from fastai.text.models.core import SequentialRNN
         from torch import nn
 
         model = learn.model
-        if not isinstance(model, nn.Sequential) or isinstance(model, SequentialRNN) or len(model) != 2:
-            return False
-        head = model[1]
-        pools = (AdaptiveConcatPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-        return isinstance(head, nn.Module) and any(isinstance(m, pools) for m in head.modules())
+        if isinstance(model, nn.Sequential) and not isinstance(model, SequentialRNN) and len(model) == 2:
+            pools = (AdaptiveConcatPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+            if any(isinstance(m, pools) for m in model[1].modules()):
+                return True
+        return image_in_target_out(learn)
 
     def refusal(self, learn) -> str | None:
-        return single_label_refusal(learn, self.name)
+        refusal = single_label_refusal(learn, self.name)
+        if refusal is None:
+            size = self.preprocessing(learn).model_size
+            shape = self.output_shape(learn, size)
+            if shape != (1, len(self.labels(learn))):
+                return (f"this learner's model gives {shape} for one image at {size[0]}x{size[1]} (the size it was "
+                        f"trained at); the classifier task serves one logit per class: (1, {len(self.labels(learn))})")
+        return refusal
+
+    def output_shape(self, learn, size: tuple[int, int]) -> tuple | str:
+        """The shape of the model's output for one image of `size`, or what went wrong."""
+        import torch
+
+        channels = len(self.preprocessing(learn).color_mode)
+        try:
+            with torch.no_grad():
+                output = learn.model.eval().cpu()(torch.zeros(1, channels, *size))
+        except Exception as error:  # a model built for one size fails in its own ways at others
+            return f"{type(error).__name__} ({message_line(error, 160)})"
+        return tuple(output.shape) if isinstance(output, torch.Tensor) else f"a {type(output).__name__}"
+
+    def takes_any_size(self, learn) -> bool:
+        """Whether the model answers at the second size too (a pooling layer before the head makes it size
+        independent; a hand-written CNN that flattens its last feature map is not)."""
+        return self.output_shape(learn, self.second_size) == (1, len(self.labels(learn)))
 
     # ----- export -----------------------------------------------------------------------------
+    def onnx_config_for(self, learn) -> OnnxConfig:
+        """Height and width stay dynamic where the model takes any size; else they are fixed at the size it
+        was trained at (the service resizes every upload to that size either way)."""
+        if self.takes_any_size(learn):
+            return self.onnx_config
+        image = dataclasses.replace(self.onnx_config.inputs[0], dynamic_axes={0: "batch"})
+        return dataclasses.replace(self.onnx_config, inputs=(image,))
+
     def exportable_module(self, learn):
         return learn.model.eval().cpu()
 
@@ -239,6 +278,8 @@ class ClassifierTask(Task):
         cases = [ParityCase(f"{where} batch {n}", {"image": images[:n]}, part(n), f"first {n} {where} images")
                  for n in (1, 7) if n <= len(images)]
         cases.append(ParityCase(f"{where} all ({len(images)})", {"image": images}, targets, f"every {where} image"))
+        if not self.takes_any_size(learn):
+            return cases
         height, width = self.second_size
         resized = F.interpolate(torch.from_numpy(images[:16]), size=(height, width), mode="bilinear",
                                 align_corners=False).numpy()

@@ -21,8 +21,9 @@ from pipelines.tasks.base import BuiltLearner, PreparedData, Task, option
 from pipelines.training import TrainingHistory
 from pipelines.vision import (
     ImageFolderOptions, fastai_image_tensors, image_preprocessing, image_probes, imagenet_weights, read_image_pairs,
-    resolve_image_files, torchvision_arch,
+    resolve_image_files, torchvision_arch, training_split,
 )
+from services.messages import message_line
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -85,15 +86,15 @@ class SiameseTask(Task):
     # ----- data -------------------------------------------------------------------------------
     def prepare_data(self, options: SiameseOptions) -> PreparedData:
         from fastai.vision.all import (
-            L, IntToFloatTensor, Normalize, RandomSplitter, Resize, TfmdLists, ToTensor, imagenet_stats,
+            L, IntToFloatTensor, Normalize, Resize, TfmdLists, ToTensor, imagenet_stats,
         )
 
         files, label_func, source = resolve_image_files(options)
-        files = L(files)
         labels = [label_func(f) for f in files]
         if len(set(labels)) < 2:
             raise PipelineError(f"{source}: found {len(set(labels))} class(es); a Siamese model needs at least 2")
-        splits = RandomSplitter(seed=options.seed)(files)
+        files, labels, splits = training_split(options, files, labels)
+        files = L(files)
         for split_name, split in zip(("training", "validation"), splits):
             missing = sorted(set(labels) - {labels[i] for i in split})
             if missing:
@@ -157,11 +158,45 @@ class SiameseTask(Task):
         model = learn.model
         return type(model).__name__ == "SiameseModel" and hasattr(model, "encoder") and hasattr(model, "head")
 
+    def refusal(self, learn) -> str | None:
+        """A SiameseModel that fails on a pair of images: typically a notebook's own, whose pickle names only
+        `__main__.SiameseModel`, stood in for by the book's definition that does not fit its layers."""
+        import torch
+
+        try:
+            with torch.no_grad():
+                learn.model.eval().cpu()(*self.example_inputs(learn))
+        except Exception as error:  # whatever the user's layers raise on the book's forward
+            problem = f"{type(error).__name__}: {message_line(error)}"
+            if type(learn.model) is not book().SiameseModel:
+                return f"this learner's SiameseModel fails on a pair of images ({problem})"
+            return (f"this learner's SiameseModel was defined in a notebook, and the book's definition that stands in "
+                    f"for it (the head on both encodings concatenated) does not fit its layers ({problem}); export "
+                    "from a script that defines or imports your SiameseModel and then calls pipelines.cli.main()")
+        return None
+
     # ----- export -----------------------------------------------------------------------------
     def exportable_module(self, learn):
+        """The one-pass graph where it computes what the model computes (the book's forward); a model with a
+        forward of its own (the encodings' difference, say) is exported as it is, two encoder passes."""
+        import torch
+
         from pipelines.tasks.siamese_export import OnePassSiamese
 
-        return OnePassSiamese(learn.model.eval().cpu()).eval()
+        model = learn.model.eval().cpu()
+        one_pass = OnePassSiamese(model).eval()
+        example, tolerance = self.example_inputs(learn), self.onnx_config.tolerance
+        try:
+            with torch.no_grad():
+                same = torch.allclose(one_pass(*example), model(*example), atol=tolerance.logits_atol,
+                                      rtol=tolerance.logits_rtol)
+        except RuntimeError:  # the head does not take the concatenated encodings
+            same = False
+        if same:
+            return one_pass
+        click.echo("      this SiameseModel's forward is not the book's (the head on both encodings concatenated): "
+                   "exported as it is, two encoder passes")
+        return model
 
     def reference_module(self, learn):
         return learn.model.eval().cpu()  # fastai's SiameseModel, two encoder passes

@@ -67,7 +67,7 @@ def split_columns(df, target: str, cat_names, cont_names) -> tuple[list[str], li
     return list(cat_names), list(cont_names)
 
 
-def classes_seen_in_training(labels, is_valid: np.ndarray) -> np.ndarray:
+def classes_seen_in_training(labels, is_valid: np.ndarray, items: str = "row") -> np.ndarray:
     """Which rows to keep: all but the validation rows whose class no training row has. fastai takes the
     classes from the training rows and fails on the others minutes in (a KeyError, or a target out of
     bounds); a rare class a random split put only in validation is one. Said in a line."""
@@ -75,10 +75,10 @@ def classes_seen_in_training(labels, is_valid: np.ndarray) -> np.ndarray:
     unseen = is_valid & ~labels.isin(seen).to_numpy()
     if unseen.any():
         classes = sorted(set(labels[unseen]), key=str)
-        print(f"      left out {int(unseen.sum())} validation row(s) of class(es) no training row has: "
+        print(f"      left out {int(unseen.sum())} validation {items}(s) of class(es) no training {items} has: "
               f"{', '.join(map(repr, classes[:5]))}{', ...' if len(classes) > 5 else ''}")
     if unseen.any() and unseen.sum() == is_valid.sum():
-        raise PipelineError("no validation row has a class that the training rows have")
+        raise PipelineError(f"no validation {items} has a class that the training {items}s have")
     return ~unseen
 
 
@@ -98,6 +98,20 @@ def usable_continuous(df, training, cont_names: list[str], named: bool) -> list[
         raise PipelineError(f"continuous column(s) {', '.join(map(str, infinite))} hold infinite values; replace "
                             "them, or leave those cells empty to have them filled as missing")
     return cont_names
+
+
+def usable_categorical(training, cat_names: list[str], named: bool) -> list[str]:
+    """Inferred categorical columns that tell rows apart (an id, a name, free text: a different value in
+    nearly every training row) are left out with a line: every validation or served value would be one
+    fastai never saw, and the manifest would list them all. Columns named with --cat-names stay."""
+    if named:
+        return cat_names
+    identifiers = [c for c in cat_names
+                   if len(values := training[c].dropna()) > 50 and values.nunique() > 0.9 * len(values)]
+    if identifiers:
+        print(f"      left out {', '.join(map(str, identifiers))}: a different value in nearly every training row (an "
+              "identifier or free text, not a category); name it with --cat-names to keep it")
+    return [c for c in cat_names if c not in identifiers]
 
 
 def _names(value: str | None) -> list[str] | None:
@@ -186,6 +200,10 @@ class TabularTask(Task):
         if valid_idx is None:
             valid_idx = list(RandomSplitter(valid_pct=0.2, seed=options.seed)(list(range(len(df))))[1])
         cont_names = usable_continuous(df, df.drop(index=valid_idx), cont_names, named=options.cont_names is not None)
+        cat_names = usable_categorical(df.drop(index=valid_idx), cat_names, named=options.cat_names is not None)
+        if not cat_names and not cont_names:
+            raise PipelineError(f"{source}: no column is left to learn {target!r} from; name them with --cat-names "
+                                "and --cont-names")
         column_counts = {"categorical": len(cat_names), "continuous": len(cont_names)}
         target_type = options.target_type
         if target_type == "auto":

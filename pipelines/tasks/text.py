@@ -65,10 +65,51 @@ def repeated(ids: list[int], length: int) -> list[int]:
 PARITY_TEXTS = 1000
 
 
+def read_text_folder(folder: Path, option: str = "--data"):
+    """Texts in class folders, IMDB's layout (what fastai's `TextDataLoaders.from_folder` reads): one .txt
+    file per text, its class the folder it is in. Where there is a train/ folder, its texts train and those of
+    valid/ (or val/, else test/, as the book's `valid='test'`) validate; texts elsewhere, and IMDB's unlabelled
+    `unsup/`, are left out with a line. Without train/, fastai's random 20% split follows."""
+    import pandas as pd
+
+    from pipelines.vision import TRAINING_FOLDERS, VALIDATION_FOLDERS
+
+    files = sorted(f for f in folder.rglob("*") if f.suffix.lower() == ".txt" and f.is_file())
+    parts = [f.relative_to(folder).parts for f in files]
+    tops = {p[0].lower() for p in parts if len(p) > 2}
+    validation = (tops & VALIDATION_FOLDERS) or ({"test"} & tops)
+    split = bool(tops & TRAINING_FOLDERS and validation)
+    keep = [len(p) > (2 if split else 1) and p[-2] != "unsup" and (not split or p[0].lower() in TRAINING_FOLDERS | validation)
+            for p in parts]
+    if not any(keep):
+        raise PipelineError(f"{option} {folder}: no .txt files in class folders (expected <class>/<name>.txt, or IMDB's "
+                            "train/<class>/<name>.txt with valid/ or test/ beside it)")
+    if not all(keep):
+        left = sorted({"/".join(p[:-1]) or "." for p, k in zip(parts, keep) if not k})
+        where = f"class folders of train/ and {'/'.join(sorted(validation))}/" if split else "class folders"
+        click.echo(f"      left out {len(keep) - sum(keep)} text file(s) in {', '.join(name + '/' for name in left[:3])}"
+                   f"{', ...' if len(left) > 3 else ''}: texts are read from {where}, never from unsup/ (unlabelled)")
+    not_utf8, rows = 0, []
+    for path, part, kept in zip(files, parts, keep):
+        if not kept:
+            continue
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            text, not_utf8 = raw.decode("latin-1"), not_utf8 + 1
+        rows.append((text, part[-2], split and part[0].lower() in validation))
+    if not_utf8:
+        click.echo(f"      {not_utf8} text file(s) are not UTF-8: read as Latin-1")
+    frame = pd.DataFrame(rows, columns=["text", "label", "is_valid"])
+    return frame if split else frame.drop(columns="is_valid")
+
+
 @dataclass
 class TextOptions(TaskOptions):
-    data: str = option("imdb_sample", "'imdb_sample' or 'imdb' (fastai's untar_data, as the book), or a CSV/TSV/"
-                                      "Parquet file with a text and a label column.")
+    data: str = option("imdb_sample", "'imdb_sample' or 'imdb' (fastai's untar_data, as the book), a CSV/TSV/"
+                                      "Parquet file with a text and a label column, or a folder of class folders of "
+                                      ".txt files (IMDB's layout).")
     valid_data: Path | None = valid_data_option()
     text_col: str | None = option(None, "Text column [default: the one with the longest strings].")
     label_col: str | None = option(None, "Label column [default: the other column with fewest values].")
@@ -95,7 +136,8 @@ class TextTask(Task):
         exporter="torchscript",
     )
     quantization_gate = QuantizationGate("dynamic", {"accuracy": 1.0}, min_agreement=0.99, min_speedup=1.2)
-    sample_help = "a text file (one text per line) or a CSV/TSV/Parquet file with a text column (and optionally a label column)"
+    sample_help = ("a text file (one text per line), a CSV/TSV/Parquet file with a text column (and optionally a label "
+                   "column), or a folder of class folders of .txt files")
     scratch_epochs, scratch_lr = 6, 5e-3
 
     # ----- data -------------------------------------------------------------------------------
@@ -110,10 +152,11 @@ class TextTask(Task):
             return pd.read_csv(path / "texts.csv"), "text", "label", f"IMDB_SAMPLE ({path})"
         if data == "imdb":
             path = download_book_dataset(URLs.IMDB, "IMDB", offline)
-            rows = [(f.read_text(encoding="utf-8"), f.parent.name, split == "test")
-                    for split in ("train", "test") for label in ("pos", "neg") for f in (path / split / label).glob("*.txt")]
-            return pd.DataFrame(rows, columns=["text", "label", "is_valid"]), "text", "label", f"IMDB ({path})"
-        df = read_table(Path(data).expanduser(), expected="'imdb_sample', 'imdb' or a CSV/TSV/Parquet file")
+            return read_text_folder(path), "text", "label", f"IMDB ({path})"
+        if Path(data).expanduser().is_dir():
+            return read_text_folder(Path(data).expanduser()), "text", "label", f"folder {data} (class = parent folder)"
+        df = read_table(Path(data).expanduser(), expected="'imdb_sample', 'imdb', a CSV/TSV/Parquet file or a folder "
+                                                          "of class folders of .txt files")
         text_col, label_col = detect_columns(df, options.text_col, options.label_col)
         return df, text_col, label_col, f"file {data}"
 
@@ -166,9 +209,12 @@ class TextTask(Task):
         import pandas as pd
 
         sample = Path(sample).expanduser()
-        if not sample.is_file():
+        if sample.is_dir():
+            frame = read_text_folder(sample, "--sample").drop(columns="is_valid", errors="ignore")
+            text_col, label_col = "text", "label" if set(frame["label"]) <= set(self.labels(learn)) else None
+        elif not sample.is_file():
             raise PipelineError(f"--sample {sample}: no such file (expected {self.sample_help})")
-        if sample.suffix.lower() in (".csv", ".tsv", ".parquet", ".pq"):
+        elif sample.suffix.lower() in (".csv", ".tsv", ".parquet", ".pq"):
             frame = read_table(sample, "--sample", self.sample_help)
             text_col, label_col = detect_columns(frame, "text" if "text" in frame.columns else None, None, label_optional=True)
             frame = frame[frame[text_col].notna()].reset_index(drop=True)
@@ -296,7 +342,8 @@ class TextTask(Task):
     def example_inputs(self, learn):
         import torch
 
-        return torch.randint(2, 50, (2, 90)), torch.tensor([90, 40])
+        vocab_size = len(learn.dls.vocab[0])  # fastai's smallest: its 9 special tokens rounded up to 16
+        return torch.randint(2, min(50, vocab_size), (2, 90)), torch.tensor([90, 40])
 
     def fastai_ids(self, dls, text: str) -> list[int]:
         return dls.test_dl([text], bs=1).one_batch()[0][0].tolist()
@@ -322,16 +369,17 @@ class TextTask(Task):
         ids = [self.fastai_ids(learn.dls, text) for text in texts]
         bptt, max_len = self.encoder_settings(learn)
         pad = learn.dls.vocab[0].index("xxpad")
-        long_text = " ".join(texts)
-        while len(self.fastai_ids(learn.dls, long_text)) <= max_len + bptt:
-            long_text += " " + long_text
         by_length = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        singles = {
-            "short text (< 72 tokens)": ids[by_length[0]][:40],
-            "exactly 72 tokens": repeated(ids[by_length[-1]], 72),
-            "long text (> 72 tokens)": repeated(ids[by_length[-1]], 250),
-            f"longer than max_len ({max_len})": self.fastai_ids(learn.dls, long_text),
+        singles = {  # the encoder reads bptt tokens at a time and keeps the outputs of the last max_len
+            f"short text (< {bptt} tokens)": ids[by_length[0]][:bptt // 2],
+            f"exactly {bptt} tokens": repeated(ids[by_length[-1]], bptt),
+            f"long text (> {bptt} tokens)": repeated(ids[by_length[-1]], max(250, 3 * bptt)),
         }
+        if max_len is not None:  # None: fastai keeps every token's output
+            long_text = " ".join(texts)
+            while len(self.fastai_ids(learn.dls, long_text)) <= max_len + bptt:
+                long_text += " " + long_text
+            singles[f"longer than max_len ({max_len})"] = self.fastai_ids(learn.dls, long_text)
         cases = []
         for name, single in singles.items():
             tokens, lengths = batch_ids([single], pad)
@@ -349,10 +397,10 @@ class TextTask(Task):
                                     f"right-padded to {tokens.shape[1]} tokens", expected=expected))
         return cases
 
-    def bench_inputs(self, case: ParityCase) -> dict[str, dict[str, np.ndarray]]:
+    def bench_inputs(self, learn, case: ParityCase) -> dict[str, dict[str, np.ndarray]]:
         """Batch 1 and 16 of the evaluation texts, each batch padded only to its own longest text (as the
         service pads), not to the longest of the whole set."""
-        inputs = super().bench_inputs(case)
+        inputs = super().bench_inputs(learn, case)
         for rows in inputs.values():
             rows["tokens"] = np.ascontiguousarray(rows["tokens"][:, :int(rows["lengths"].max())])
         return inputs

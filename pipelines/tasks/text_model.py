@@ -18,7 +18,7 @@ from torch import nn
 
 
 class ExportableTextClassifier(nn.Module):
-    def __init__(self, classifier, bptt: int, max_len: int):
+    def __init__(self, classifier, bptt: int, max_len: int | None):
         super().__init__()
         encoder = classifier[0].module  # SequentialRNN(SentenceEncoder(AWD_LSTM), PoolingLinearClassifier)
         self.embedding = nn.Embedding.from_pretrained(encoder.encoder.weight.detach().clone(), freeze=True)
@@ -41,10 +41,14 @@ class ExportableTextClassifier(nn.Module):
             output, _ = lstm(output)
         positions = torch.arange(tokens.shape[1], device=tokens.device)[None, :]
         lengths = lengths[:, None]
-        # fastai keeps the outputs of the chunks that start at a multiple of bptt within max_len of the end.
-        excess = torch.clamp(lengths - self.max_len, min=0)
-        start = torch.div(excess + self.bptt - 1, self.bptt, rounding_mode="floor") * self.bptt
-        keep = (positions >= start) & (positions < lengths)
+        # fastai keeps the outputs of the chunks that start at a multiple of bptt within max_len of the end
+        # (of every chunk where max_len is None).
+        if self.max_len is None:
+            keep = positions < lengths
+        else:
+            excess = torch.clamp(lengths - self.max_len, min=0)
+            start = torch.div(excess + self.bptt - 1, self.bptt, rounding_mode="floor") * self.bptt
+            keep = (positions >= start) & (positions < lengths)
         kept = keep[:, :, None]
         average = (output * kept).sum(dim=1) / keep.sum(dim=1, keepdim=True).to(output.dtype)
         maximum = output.masked_fill(~kept, float("-inf")).max(dim=1).values

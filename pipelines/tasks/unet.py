@@ -21,17 +21,38 @@ from pipelines.errors import PipelineError
 from pipelines.tasks.base import BuiltLearner, PreparedData, Task, TaskOptions, option
 from pipelines.training import TrainingHistory
 from pipelines.vision import (
-    ARCHITECTURES, color_mode_of, fastai_image_tensors, image_preprocessing, image_probes, imagenet_weights,
-    sample_image_files, torchvision_arch,
+    ARCHITECTURES, color_mode_of, created_image_types, fastai_image_tensors, image_preprocessing, image_probes,
+    imagenet_weights, input_and_target_pipelines, sample_image_files, torchvision_arch,
 )
 
 # Sizes for the any-size proof: not multiples of 32 (the case fastai's traced graph breaks on) and one that is.
 PARITY_SIZES = ((100, 150), (97, 131), (64, 64), (360, 480))
 
 
-def camvid_label_func(path: Path):
+MASK_FOLDERS = ("labels", "masks")
+# How a mask is named after its image, CamVid's first; the rule that finds the most masks is used (the first of equals).
+MASK_NAMES = ("{stem}_P{suffix}", "{name}", "{stem}.png", "{stem}_P.png", "{stem}_mask{suffix}", "{stem}_mask.png")
+
+
+def mask_rule(path: Path, files: list[Path]) -> tuple[Path, str]:
+    """The mask folder (labels/, as CamVid, or masks/) and the naming rule that finds the most of the images'
+    masks: CamVid's `<stem>_P<suffix>`, the image's own name, `<stem>.png` (a JPEG's lossless mask), ...
+    """
+    folder = next((path / name for name in MASK_FOLDERS if (path / name).is_dir()), path / MASK_FOLDERS[0])
+    existing = {entry.name for entry in folder.iterdir()} if folder.is_dir() else set()
+
+    def found(rule):
+        return sum(rule.format(stem=f.stem, suffix=f.suffix, name=f.name) in existing for f in files)
+
+    return folder, max(MASK_NAMES, key=found)  # max keeps the first of equal counts
+
+
+def camvid_label_func(path: Path, files: list[Path] | None = None):
+    """The mask of each image, named by `mask_rule` over the images of `path`/images (or `files`)."""
+    folder, rule = mask_rule(path, files if files is not None else image_files(path / "images"))
+
     def label_func(image: Path) -> Path:
-        return path / "labels" / f"{image.stem}_P{image.suffix}"
+        return folder / rule.format(stem=image.stem, suffix=image.suffix, name=image.name)
 
     return label_func
 
@@ -39,18 +60,23 @@ def camvid_label_func(path: Path):
 def check_camvid_layout(path: Path) -> list[Path]:
     if not path.exists():
         raise PipelineError(f"--data {path}: no such folder (expected 'digits', 'camvid_tiny', 'camvid' or a folder)")
-    missing = [name for name in ("images", "labels", "codes.txt") if not (path / name).exists()]
+    missing = [name for name, there in (("images", (path / "images").exists()),
+                                        ("labels (or masks)", any((path / m).is_dir() for m in MASK_FOLDERS)),
+                                        ("codes.txt", (path / "codes.txt").exists())) if not there]
     if missing:
         raise PipelineError(f"--data {path}: not in CamVid's layout, lacks {', '.join(missing)} "
                             "(images/, labels/<image stem>_P<suffix>, codes.txt)")
     files = image_files(path / "images")
     if not files:
         raise PipelineError(f"--data {path}: no images in {path / 'images'}")
-    label_func = camvid_label_func(path)
-    unlabelled = [f.name for f in files if not label_func(f).exists()]
+    label_func = camvid_label_func(path, files)
+    unlabelled = [f for f in files if not label_func(f).exists()]
     if unlabelled:
-        raise PipelineError(f"--data {path}: {len(unlabelled)} images have no label file, e.g. "
-                            f"{unlabelled[0]} needs labels/{Path(unlabelled[0]).stem}_P{Path(unlabelled[0]).suffix}")
+        tried = ", ".join(rule.format(stem=unlabelled[0].stem, suffix=unlabelled[0].suffix, name=unlabelled[0].name)
+                          for rule in MASK_NAMES)
+        raise PipelineError(f"--data {path}: {len(unlabelled)} images have no mask, e.g. {unlabelled[0].name} needs "
+                            f"{label_func(unlabelled[0]).relative_to(path)} (mask names looked for in "
+                            f"{'/, '.join(MASK_FOLDERS)}/: {tried})")
     readable = set(readable_training_images([*files, *map(label_func, files)], f"--data {path}"))
     pairs = [f for f in files if f in readable and label_func(f) in readable]
     if not pairs:
@@ -214,6 +240,17 @@ class UnetTask(Task):
 
         return isinstance(learn.model, DynamicUnet)
 
+    def refusal(self, learn) -> str | None:
+        from fastai.vision.core import PILMask
+
+        pipelines = input_and_target_pipelines(learn)
+        targets = created_image_types(pipelines[1]) if pipelines is not None else []
+        if targets and not any(issubclass(made, PILMask) for made in targets):
+            return ("this U-Net learner predicts an image (an ImageBlock target: super-resolution, colourisation, "
+                    "denoising), not a class per pixel (MaskBlock); the unet task serves segmentation masks; "
+                    "image-to-image learners are not supported yet")
+        return None
+
     # ----- export -----------------------------------------------------------------------------
     def exportable_module(self, learn):
         from pipelines.tasks.unet_model import ExportableDynamicUnet
@@ -263,12 +300,18 @@ class UnetTask(Task):
         the DataLoaders still hold data)."""
         from fastai.vision.all import AddMaskCodes
 
-        codes = next((t.codes for t in learn.dls.valid.after_item.fs if isinstance(t, AddMaskCodes)), None)
+        mask_codes = next((t for t in learn.dls.valid.after_item.fs if isinstance(t, AddMaskCodes)), None)
+        codes = mask_codes.codes if mask_codes is not None else None
         if codes is None:
             codes = getattr(learn.dls, "vocab", None)
-        if codes is None:
-            raise PipelineError("this U-Net learner's DataLoaders carry no class codes (MaskBlock(codes=...)); "
-                                "the served masks need class names")
+        if codes is None and mask_codes is None:  # no MaskBlock at all: the targets are not masks
+            raise PipelineError("this U-Net learner's DataLoaders carry no MaskBlock (no class codes); the unet task "
+                                "serves segmentation masks")
+        if codes is None:  # MaskBlock() without codes: the classes are the output channels' numbers
+            from torch import nn
+
+            last = [m for m in learn.model.modules() if isinstance(m, nn.Conv2d)][-1]
+            return [str(code) for code in range(last.out_channels)]
         return [str(code) for code in codes]
 
     def preprocessing(self, learn):

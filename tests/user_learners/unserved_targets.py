@@ -1,10 +1,12 @@
 """Learners of a recognised model whose targets the tasks do not serve, untrained (what they predict is in
 their DataLoaders and loss, not their weights): a vision_learner for several labels per image
-(MultiCategoryBlock) and one for numbers (RegressionBlock), a tabular_learner for two labels and one for two
-numbers. Run: python unserved_targets.py IMAGES OUT
+(MultiCategoryBlock) and one for numbers (RegressionBlock), a unet_learner that predicts images
+(super-resolution's ImageBlock target), a tabular_learner for two labels and one for two numbers; and a
+unet_learner over `MaskBlock()` without codes, which is served (classes named by number).
+Run: python unserved_targets.py IMAGES OUT
 
-Writes OUT/vision_multi_label.pkl, OUT/vision_regression.pkl, OUT/tabular_multi_label.pkl and
-OUT/tabular_two_targets.pkl."""
+Writes OUT/vision_multi_label.pkl, OUT/vision_regression.pkl, OUT/unet_image_to_image.pkl,
+OUT/tabular_multi_label.pkl, OUT/tabular_two_targets.pkl and OUT/unet_no_codes.pkl."""
 
 import sys
 from pathlib import Path
@@ -31,6 +33,11 @@ for name, block, get_y, extra in (("vision_multi_label", MultiCategoryBlock, dig
                                   ("vision_regression", RegressionBlock(n_out=2), name_length, {"y_range": (0, 20)})):
     dls = DataBlock(blocks=(ImageBlock, block), get_y=get_y, item_tfms=Resize(32)).dataloaders(files, bs=8)
     vision_learner(dls, resnet18, pretrained=False, **extra).export(out / f"{name}.pkl")
+
+images_out = DataBlock(blocks=(ImageBlock, ImageBlock), get_y=noop, item_tfms=Resize(32)).dataloaders(files, bs=8)
+unet_learner(images_out, resnet18, pretrained=False, n_out=3, loss_func=MSELossFlat()).export(out / "unet_image_to_image.pkl")
+masks = DataBlock(blocks=(ImageBlock, MaskBlock()), get_y=noop, item_tfms=Resize(32)).dataloaders(files, bs=8)
+unet_learner(masks, resnet18, pretrained=False, n_out=3).export(out / "unet_no_codes.pkl")
 
 df = palmerpenguins.load_penguins().dropna().reset_index(drop=True)
 df["heavy"], df["long"] = (df.body_mass_g > 4000).astype(int), (df.bill_length_mm > 44).astype(int)
