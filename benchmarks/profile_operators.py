@@ -63,7 +63,7 @@ def main() -> None:
     task = source.task
     case = task.evaluation_case(task.parity_cases(source.learn, source.data))
     rows = []
-    for label, inputs in task.bench_inputs(case).items():
+    for label, inputs in task.bench_inputs(source.learn, case).items():
         fp32 = operator_ms(folder / MODEL_FILE, inputs, args.threads, args.runs)
         int8 = operator_ms(folder / INT8_MODEL_FILE, inputs, args.threads, args.runs)
         ranked = sorted(set(fp32) | set(int8), key=lambda op: -(fp32[op] + int8[op]))
