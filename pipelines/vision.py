@@ -206,12 +206,21 @@ def created_image_types(pipeline) -> list[type]:
 def image_preprocessing(dls, batch_resizing: bool = False, color_mode: str = "RGB"):
     """The serving-side preprocessing of a vision DataLoaders: its validation Resize (if any), batch-level
     resampling (one that changes the size only with `batch_resizing`: the book's presizing) and Normalize."""
-    from fastai.vision.all import Normalize, Resize
+    from fastai.vision.all import Normalize, RandomResizedCrop, Resize
 
     from services.manifest import ImagePreprocessing
 
-    resize = next((t for t in dls.valid.after_item.fs if isinstance(t, Resize)), None)
-    batch_resize = validation_batch_resize(dls, resize)
+    resizing_items = [t for t in dls.valid.after_item.fs if isinstance(t, (Resize, RandomResizedCrop))]
+    if len(resizing_items) > 1:
+        raise PipelineError(f"the learner's DataLoaders resize items twice ({', '.join(type(t).__name__ for t in resizing_items)}); "
+                            "the serving preprocessing reproduces one Resize or RandomResizedCrop")
+    resize = resizing_items[0] if resizing_items else None
+    if isinstance(resize, RandomResizedCrop):
+        resize, center_crop, resample = validation_random_resized_crop(resize)
+    else:
+        center_crop, resample = None, "bilinear"
+    item_size = center_crop or (tuple(int(v) for v in reversed(resize.size)) if resize is not None else None)
+    batch_resize = validation_batch_resize(dls, item_size)
     if batch_resize is not None and batch_resize.resizes and not batch_resizing:
         resizing = [type(t).__name__ for t in dls.valid.after_batch.fs if getattr(t, "size", None) is not None]
         raise PipelineError(
@@ -229,10 +238,29 @@ def image_preprocessing(dls, batch_resizing: bool = False, color_mode: str = "RG
     width, height = resize.size  # fastai stores (width, height)
     return ImagePreprocessing(color_mode=color_mode, height=int(height), width=int(width),
                               resize_method=resize.method if resize.method in ("crop", "pad") else "squish",
-                              pad_mode=resize.pad_mode, batch_resize=batch_resize, **stats)
+                              pad_mode=resize.pad_mode, resample=resample, center_crop=center_crop,
+                              batch_resize=batch_resize, **stats)
 
 
-def validation_batch_resize(dls, resize):
+def validation_random_resized_crop(transform):
+    """fastai's `RandomResizedCrop` (the book's chapter 2: `item_tfms=RandomResizedCrop(224, min_scale=0.5)`)
+    at validation: the whole image squished to its size plus `val_xtra` of it (rounded up to 8 pixels), then
+    the centre cropped to its size. As (the squish as a `Resize`, the crop's (height, width), the resample)."""
+    import math
+
+    from fastai.vision.all import Resize
+    from PIL import Image
+
+    names = {Image.BILINEAR: "bilinear", Image.NEAREST: "nearest", Image.BICUBIC: "bicubic"}
+    if transform.mode not in names:
+        raise PipelineError(f"the learner's RandomResizedCrop resamples with Pillow mode {transform.mode!r}; the "
+                            "serving preprocessing reproduces bilinear, nearest and bicubic")
+    width, height = (int(v) for v in transform.size)  # fastai stores (width, height)
+    margin = math.ceil(max(width, height) * transform.val_xtra / 8) * 8
+    return Resize((height + margin, width + margin), method="squish"), (height, width), names[transform.mode]
+
+
+def validation_batch_resize(dls, item_size: tuple[int, int] | None):
     """What the batch transforms that resample (`aug_transforms`' AffineCoordTfm, `RandomResizedCropGPU`)
     do at validation, step by step, as a `BatchResize` (None: none). Those that keep the size resample
     too: at 224x224 their float rounding moves values by 2e-5. `RandomResizedCropGPU` crops the centre to
@@ -243,7 +271,7 @@ def validation_batch_resize(dls, resize):
 
     from services.manifest import BatchResize, ResampleStep
 
-    size = tuple(int(v) for v in reversed(resize.size)) if resize is not None else None  # fastai: (width, height)
+    size = item_size
     steps, resizes = [], False
     for transform in dls.valid.after_batch.fs:
         name = type(transform).__name__

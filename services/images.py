@@ -86,7 +86,12 @@ def resize_like_fastai(image: Image.Image, spec: ImagePreprocessing) -> Image.Im
         return image
     if spec.resize_method in ("crop", "pad"):
         image = crop_pad(image, *resize_window(*image.size, spec.width, spec.height, spec.resize_method), spec.pad_mode)
-    return image.resize((spec.width, spec.height), RESAMPLE[spec.resample])
+    image = image.resize((spec.width, spec.height), RESAMPLE[spec.resample])
+    if spec.center_crop is not None:
+        height, width = spec.center_crop
+        left, top = (spec.width - width) // 2, (spec.height - height) // 2
+        image = image.crop((left, top, left + width, top + height))
+    return image
 
 
 def area_shrink(image: np.ndarray, out: int, axis: int) -> np.ndarray:

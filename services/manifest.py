@@ -73,7 +73,8 @@ class ImagePreprocessing(BaseModel):
     aspect ratio, then resizes it with `resample` (`"pad"`: the smallest centred window with that aspect,
     the image padded by `pad_mode`); `batch_resize`, where fastai resized batches too, takes it from there;
     `Normalize` subtracts `mean` and divides by `std` after scaling to [0, 1] (0 and 1 where the
-    DataLoaders had no Normalize).
+    DataLoaders had no Normalize). `center_crop` (height, width), after the resize: fastai's validation-time
+    `RandomResizedCrop` squishes the image to its size plus a margin (`val_xtra`), then crops the centre.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -86,6 +87,7 @@ class ImagePreprocessing(BaseModel):
     resize_method: Literal["crop", "squish", "pad", "none"] = "crop"
     pad_mode: Literal["zeros", "border", "reflection"] = "reflection"
     resample: Literal["bilinear", "nearest", "bicubic"] = "bilinear"
+    center_crop: Optional[tuple[int, int]] = None
     batch_resize: Optional[BatchResize] = None
     scale: float = 255.0
     mean: list[float]
@@ -97,7 +99,7 @@ class ImagePreprocessing(BaseModel):
         sizes = [step.size for step in self.batch_resize.steps if step.size] if self.batch_resize else []
         if sizes:
             return sizes[-1]
-        return self.height, self.width
+        return self.center_crop or (self.height, self.width)
 
 
 class TabularPreprocessing(BaseModel):

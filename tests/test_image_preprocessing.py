@@ -113,14 +113,23 @@ def test_truncated_jpeg_is_rejected():
 
 # Recipes whose validation pipeline resamples batches (the others are item-level only).
 RESAMPLING_RECIPES = ("book presizing", "aug_transforms(size) after a squish", "RandomResizedCropGPU",
-                      "aug_transforms() at 224 (resamples at its own size)")
-RECIPES = (*RESAMPLING_RECIPES, "Resize pad, zeros", "Resize pad, reflection", "Resize pad, border", "no Normalize")
+                      "aug_transforms() at 224 (resamples at its own size)",
+                      "RandomResizedCrop and aug_transforms() (the book's chapter 2)")
+RECIPES = (*RESAMPLING_RECIPES, "Resize pad, zeros", "Resize pad, reflection", "Resize pad, border", "no Normalize",
+           "RandomResizedCrop, not square, bicubic")
+CROPPED_TO = {"RandomResizedCrop and aug_transforms() (the book's chapter 2)": (48, 48),
+              "RandomResizedCrop, not square, bicubic": (40, 58)}
 
 
 def _recipes():
-    from fastai.vision.all import RandomResizedCropGPU, Resize, aug_transforms
+    from fastai.vision.all import RandomResizedCrop, RandomResizedCropGPU, Resize, aug_transforms
+    from PIL import Image as PILImage
 
     return {
+        "RandomResizedCrop and aug_transforms() (the book's chapter 2)":
+            ([RandomResizedCrop(48, min_scale=0.5)], aug_transforms()),
+        "RandomResizedCrop, not square, bicubic":
+            ([RandomResizedCrop((40, 58), min_scale=0.3, resamples=(PILImage.BICUBIC, PILImage.NEAREST))], []),
         "book presizing": ([Resize(96)], aug_transforms(size=48, min_scale=0.75)),
         "aug_transforms(size) after a squish": ([Resize((60, 90), method="squish")], aug_transforms(size=(32, 40))),
         "RandomResizedCropGPU": ([Resize((50, 80))], [RandomResizedCropGPU(36)]),
@@ -151,11 +160,29 @@ def test_classifier_recipes_are_served_as_fastai_computes_them(recipe, tmp_path)
     task = get_task("classifier")
     spec = task.preprocessing(type("L", (), {"dls": dls, "model": torch.nn.Conv2d(3, 8, 3)})())
     assert (spec.batch_resize is not None) == (recipe in RESAMPLING_RECIPES)
+    assert spec.center_crop == CROPPED_TO.get(recipe)
+    if recipe in CROPPED_TO:
+        assert spec.model_size == CROPPED_TO[recipe]
     for path, expected in zip(files, fastai_image_tensors(dls, files)):
         served = image_to_tensor(decode_image(path.read_bytes(), "image"), spec)
         assert served.shape == expected.shape, path.name
         np.testing.assert_allclose(served, expected, atol=task.onnx_config.tolerance.preprocessing_atol, rtol=0,
                                    err_msg=path.name)
+
+
+def test_a_unet_refuses_random_resized_crop_items(tmp_path):
+    """The service maps a U-Net's mask back onto the whole upload, which a centre crop would misplace."""
+    import torch
+    from fastai.vision.all import ImageDataLoaders, RandomResizedCrop
+
+    from pipelines.errors import PipelineError
+    from pipelines.registry import get_task
+
+    files = list(raw_files(tmp_path).values())
+    dls = ImageDataLoaders.from_path_func(tmp_path, files, lambda path: Path(path).stem, valid_pct=0.5, seed=0,
+                                          item_tfms=RandomResizedCrop(32), bs=2)
+    with pytest.raises(PipelineError, match="crop items \\(RandomResizedCrop\\)"):
+        get_task("unet").preprocessing(type("L", (), {"dls": dls, "model": torch.nn.Conv2d(3, 8, 3)})())
 
 
 def test_siamese_refuses_batch_resizing_that_changes_the_size(tmp_path):

@@ -293,8 +293,8 @@ class ClassifierTask(Task):
     def preprocessing(self, learn):
         spec = image_preprocessing(learn.dls, batch_resizing=True, color_mode=color_mode_of(learn.model))
         if spec.resize_method == "none":
-            raise PipelineError("this classifier's DataLoaders have no Resize item transform; the service needs the "
-                                "size the model was trained at (add item_tfms=Resize(size))")
+            raise PipelineError("this classifier's DataLoaders have no Resize or RandomResizedCrop item transform; the "
+                                "service needs the size the model was trained at (add item_tfms=Resize(size))")
         return spec
 
     def preprocessing_probes(self, learn, data: PreparedData):

@@ -209,7 +209,7 @@ class SiameseTask(Task):
 
         spec = self.preprocessing(learn)
         generator = torch.Generator().manual_seed(0)
-        shape = (2, 3, spec.height, spec.width)
+        shape = (2, 3, *spec.model_size)
         return torch.randn(*shape, generator=generator), torch.randn(*shape, generator=generator)
 
     def evaluation_arrays(self, learn, data: PreparedData) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
