@@ -215,10 +215,10 @@ def image_preprocessing(dls, batch_resizing: bool = False, color_mode: str = "RG
         raise PipelineError(f"the learner's DataLoaders resize items twice ({', '.join(type(t).__name__ for t in resizing_items)}); "
                             "the serving preprocessing reproduces one Resize or RandomResizedCrop")
     resize = resizing_items[0] if resizing_items else None
+    resample = resample_name(resize) if resize is not None else "bilinear"
+    center_crop = None
     if isinstance(resize, RandomResizedCrop):
-        resize, center_crop, resample = validation_random_resized_crop(resize)
-    else:
-        center_crop, resample = None, "bilinear"
+        resize, center_crop = validation_random_resized_crop(resize)
     item_size = center_crop or (tuple(int(v) for v in reversed(resize.size)) if resize is not None else None)
     batch_resize = validation_batch_resize(dls, item_size)
     if batch_resize is not None and batch_resize.resizes and not batch_resizing:
@@ -242,22 +242,28 @@ def image_preprocessing(dls, batch_resizing: bool = False, color_mode: str = "RG
                               batch_resize=batch_resize, **stats)
 
 
-def validation_random_resized_crop(transform):
-    """fastai's `RandomResizedCrop` (the book's chapter 2: `item_tfms=RandomResizedCrop(224, min_scale=0.5)`)
-    at validation: the whole image squished to its size plus `val_xtra` of it (rounded up to 8 pixels), then
-    the centre cropped to its size. As (the squish as a `Resize`, the crop's (height, width), the resample)."""
-    import math
-
-    from fastai.vision.all import Resize
+def resample_name(transform) -> str:
+    """The Pillow filter a `Resize` or `RandomResizedCrop` resizes images with (its `resamples[0]`)."""
     from PIL import Image
 
     names = {Image.BILINEAR: "bilinear", Image.NEAREST: "nearest", Image.BICUBIC: "bicubic"}
     if transform.mode not in names:
-        raise PipelineError(f"the learner's RandomResizedCrop resamples with Pillow mode {transform.mode!r}; the "
-                            "serving preprocessing reproduces bilinear, nearest and bicubic")
+        raise PipelineError(f"the learner's {type(transform).__name__} resamples with Pillow filter {transform.mode!r}; "
+                            "the serving preprocessing reproduces bilinear, nearest and bicubic")
+    return names[transform.mode]
+
+
+def validation_random_resized_crop(transform):
+    """fastai's `RandomResizedCrop` (the book's chapter 2: `item_tfms=RandomResizedCrop(224, min_scale=0.5)`)
+    at validation: the whole image squished to its size plus `val_xtra` of it (rounded up to 8 pixels), then
+    the centre cropped to its size. As (the squish as a `Resize`, the crop's (height, width))."""
+    import math
+
+    from fastai.vision.all import Resize
+
     width, height = (int(v) for v in transform.size)  # fastai stores (width, height)
     margin = math.ceil(max(width, height) * transform.val_xtra / 8) * 8
-    return Resize((height + margin, width + margin), method="squish"), (height, width), names[transform.mode]
+    return Resize((height + margin, width + margin), method="squish"), (height, width)
 
 
 def validation_batch_resize(dls, item_size: tuple[int, int] | None):

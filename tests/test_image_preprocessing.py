@@ -116,7 +116,7 @@ RESAMPLING_RECIPES = ("book presizing", "aug_transforms(size) after a squish", "
                       "aug_transforms() at 224 (resamples at its own size)",
                       "RandomResizedCrop and aug_transforms() (the book's chapter 2)")
 RECIPES = (*RESAMPLING_RECIPES, "Resize pad, zeros", "Resize pad, reflection", "Resize pad, border", "no Normalize",
-           "RandomResizedCrop, not square, bicubic")
+           "RandomResizedCrop, not square, bicubic", "Resize squish, bicubic", "Resize crop, nearest")
 CROPPED_TO = {"RandomResizedCrop and aug_transforms() (the book's chapter 2)": (48, 48),
               "RandomResizedCrop, not square, bicubic": (40, 58)}
 
@@ -134,6 +134,8 @@ def _recipes():
         "aug_transforms(size) after a squish": ([Resize((60, 90), method="squish")], aug_transforms(size=(32, 40))),
         "RandomResizedCropGPU": ([Resize((50, 80))], [RandomResizedCropGPU(36)]),
         "aug_transforms() at 224 (resamples at its own size)": ([Resize(224)], aug_transforms()),
+        "Resize squish, bicubic": ([Resize((36, 52), method="squish", resamples=(PILImage.BICUBIC, PILImage.NEAREST))], []),
+        "Resize crop, nearest": ([Resize(40, resamples=(PILImage.NEAREST, PILImage.NEAREST))], []),
         "Resize pad, zeros": ([Resize((40, 56), method="pad", pad_mode="zeros")], []),
         "Resize pad, reflection": ([Resize(40, method="pad")], []),
         "Resize pad, border": ([Resize((30, 50), method="pad", pad_mode="border")], []),
