@@ -33,6 +33,8 @@ class SegmentationSummary(ServedBy):
     width: int
     height: int
     classes: list[ClassCoverage]
+    not_seen_pixels: int = Field(0, description="upload pixels the model did not see (its Resize cropped them "
+                                                "off); 255 in the mask")
 
 
 class TextPrediction(BaseModel):

@@ -1,6 +1,8 @@
 """U-Net service: an image file in; the class mask (PNG), a per-class summary (JSON) or an overlay out.
 
-The mask has the uploaded image's own size, one class index per pixel, as fastai's `predict` gives it.
+The mask has the uploaded image's own size, one class index per pixel, as fastai's `predict` gives it,
+mapped back through the resize the model's input went through: where fastai's `Resize` (method crop) cut
+off part of an upload of another aspect ratio, those pixels are NOT_SEEN (255), not guessed.
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ import bentoml
 import numpy as np
 from PIL import Image
 
-from services.images import image_to_tensor
+from services.images import image_to_tensor, resize_window
+from services.manifest import ImagePreprocessing
 from services.loading import ServedTask, TaskHandler, service_model
 from services.runtime import configured_request_threads
 from services.schemas import ClassCoverage, SegmentationSummary
@@ -17,6 +20,24 @@ from services.uploads import ImageFile, UploadedFile, read_upload
 
 TASK = "unet"
 MODEL = service_model(TASK)
+NOT_SEEN = 255  # mask value of upload pixels outside what the model saw
+
+
+def mask_on_upload(mask: np.ndarray, width: int, height: int, spec: ImagePreprocessing) -> np.ndarray:
+    """The model's (H, W) mask on an upload of `width` x `height`: resized back onto the window the service
+    resized to the model's size (the whole upload for squish; a `pad` window's padding falls outside the upload
+    and is dropped; what a `crop` window left out is NOT_SEEN)."""
+    if mask.shape == (height, width):
+        return mask
+    if spec.resize_method in ("crop", "pad"):
+        left, top, window_w, window_h = resize_window(width, height, spec.width, spec.height, spec.resize_method)
+    else:
+        left, top, window_w, window_h = 0, 0, width, height
+    window = np.asarray(Image.fromarray(mask).resize((window_w, window_h), Image.NEAREST))
+    placed = np.full((height, width), NOT_SEEN, dtype=np.uint8)
+    x0, y0, x1, y1 = max(left, 0), max(top, 0), min(left + window_w, width), min(top + window_h, height)
+    placed[y0:y1, x0:x1] = window[y0 - top:y1 - top, x0 - left:x1 - left]
+    return placed
 
 
 def palette(count: int) -> np.ndarray:
@@ -44,10 +65,7 @@ class UnetHandler(TaskHandler):
 
     def mask_of(self, image: Image.Image) -> np.ndarray:
         """Class index per pixel at the image's own size."""
-        mask = self.infer(image_to_tensor(image, self.spec)[None])
-        if mask.shape != (image.height, image.width):  # the model saw a resized image: map the mask back
-            mask = np.asarray(Image.fromarray(mask).resize(image.size, Image.NEAREST))
-        return mask
+        return mask_on_upload(self.infer(image_to_tensor(image, self.spec)[None]), image.width, image.height, self.spec)
 
     def segment(self, image: ImageFile) -> Image.Image:
         return Image.fromarray(self.mask_of(self.read(image)), mode="L")
@@ -58,13 +76,14 @@ class UnetHandler(TaskHandler):
         classes = [ClassCoverage(index=i, name=name, pixels=int(counts[i]), coverage=float(counts[i] / mask.size))
                    for i, name in enumerate(self.manifest.labels) if counts[i]]
         return SegmentationSummary(width=mask.shape[1], height=mask.shape[0], classes=classes,
-                                   **self.served_by())
+                                   not_seen_pixels=int(np.count_nonzero(mask == NOT_SEEN)), **self.served_by())
 
     def overlay(self, image: ImageFile) -> Image.Image:
         picture = self.read(image).convert("RGB")
         mask = self.mask_of(picture)
         pixels = np.asarray(picture, dtype=np.float32)
-        painted = np.where(mask[..., None] > 0, 0.45 * pixels + 0.55 * self.colours[mask], pixels)
+        seen = (mask > 0) & (mask != NOT_SEEN)
+        painted = np.where(seen[..., None], 0.45 * pixels + 0.55 * self.colours[np.where(seen, mask, 0)], pixels)
         return Image.fromarray(painted.round().astype(np.uint8))
 
 

@@ -288,3 +288,43 @@ def test_a_unet_that_resizes_on_the_batch_as_fastais_tutorial_in_colour_and_grey
                                        err_msg=path.name)
     with pytest.raises(PipelineError, match="serves batch resizing without a crop only"):
         task.preprocessing(learner(item_tfms=Resize((40, 80)), batch_tfms=[RandomResizedCropGPU(24)]))
+
+
+@pytest.mark.parametrize("method", ["crop", "pad", "squish"])
+@pytest.mark.parametrize("upload_size", [(150, 100), (90, 140)])
+def test_a_unet_mask_is_mapped_back_where_fastais_resize_took_it_from(method, upload_size):
+    """A mask the model gives at the Resize's size lands on the upload where fastai's Resize took those pixels
+    from: the class map of an upload, resized as fastai resizes a mask (PILMask, nearest), comes back on the
+    upload's own pixels; what a crop cut off is NOT_SEEN, a pad's padding is dropped."""
+    from fastai.vision.all import PILMask, Resize
+
+    from services.manifest import ImagePreprocessing
+    from services.unet import NOT_SEEN, mask_on_upload
+
+    width, height = upload_size
+    columns, rows = np.meshgrid(np.arange(width), np.arange(height))
+    classes = (1 + 3 * (rows * 3 // height) + columns * 3 // width).astype(np.uint8)  # a 3x3 grid of classes 1..9
+    resize = Resize((64, 64), method=method, pad_mode="zeros")
+    seen_by_model = np.asarray(resize(PILMask.create(Image.fromarray(classes)), split_idx=1))
+    spec = ImagePreprocessing(height=64, width=64, resize_method=method, pad_mode="zeros", mean=[0.0] * 3, std=[1.0] * 3)
+
+    placed = mask_on_upload(seen_by_model, width, height, spec)
+
+    assert placed.shape == (height, width)
+    seen = placed != NOT_SEEN
+    if method == "crop":  # the centred square of the shorter side: the rest was never shown to the model
+        side = min(width, height)
+        expected_seen = np.zeros_like(seen)
+        expected_seen[(height - side) // 2:(height - side) // 2 + side, (width - side) // 2:(width - side) // 2 + side] = True
+        np.testing.assert_array_equal(seen, expected_seen)
+    else:
+        assert seen.all()
+    # nearest resampling (64 pixels to 100-150 and back) moves borders by a pixel or two: away from the grid's
+    # lines and the upload's edges (where a pad's padding ends) every pixel is its own class
+    inside = np.ones_like(seen)
+    for dy in range(-3, 4):
+        for dx in range(-3, 4):
+            inside &= np.roll(classes, (dy, dx), axis=(0, 1)) == classes
+    inside[:3], inside[-3:], inside[:, :3], inside[:, -3:] = False, False, False, False
+    np.testing.assert_array_equal(placed[seen & inside], classes[seen & inside])
+    assert (seen & inside).sum() > 0.5 * seen.sum()

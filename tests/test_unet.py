@@ -119,7 +119,7 @@ def test_served_mask_has_the_upload_size_and_equals_the_pytorch_mask(unet_run, s
     with open(path, "rb") as handle:
         summary = requests.post(f"{server}/summary", files={"image": handle}, timeout=60).json()
     assert (summary["width"], summary["height"]) == (150, 100)
-    assert sum(c["pixels"] for c in summary["classes"]) == 150 * 100
+    assert sum(c["pixels"] for c in summary["classes"]) == 150 * 100 and summary["not_seen_pixels"] == 0
     assert {c["name"] for c in summary["classes"]} <= set(result.manifest.labels)
     with open(path, "rb") as handle:
         overlay = requests.post(f"{server}/overlay", files={"image": handle}, timeout=60)
