@@ -26,9 +26,15 @@ NOT_SEEN = 255  # mask value of upload pixels outside what the model saw
 def mask_on_upload(mask: np.ndarray, width: int, height: int, spec: ImagePreprocessing) -> np.ndarray:
     """The model's (H, W) mask on an upload of `width` x `height`: resized back onto the window the service
     resized to the model's size (the whole upload for squish; a `pad` window's padding falls outside the upload
-    and is dropped; what a `crop` window left out is NOT_SEEN)."""
+    and is dropped; what a `crop` window, or RandomResizedCrop's centre crop, left out is NOT_SEEN)."""
     if mask.shape == (height, width):
         return mask
+    if spec.center_crop is not None:  # RandomResizedCrop: the crop back in its place on the squished image
+        squished = np.full((spec.height, spec.width), NOT_SEEN, dtype=np.uint8)
+        crop_h, crop_w = spec.center_crop
+        top, left = (spec.height - crop_h) // 2, (spec.width - crop_w) // 2
+        squished[top:top + crop_h, left:left + crop_w] = np.asarray(Image.fromarray(mask).resize((crop_w, crop_h), Image.NEAREST))
+        return np.asarray(Image.fromarray(squished).resize((width, height), Image.NEAREST))
     if spec.resize_method in ("crop", "pad"):
         left, top, window_w, window_h = resize_window(width, height, spec.width, spec.height, spec.resize_method)
     else:

@@ -172,21 +172,6 @@ def test_classifier_recipes_are_served_as_fastai_computes_them(recipe, tmp_path)
                                    err_msg=path.name)
 
 
-def test_a_unet_refuses_random_resized_crop_items(tmp_path):
-    """The service maps a U-Net's mask back onto the whole upload, which a centre crop would misplace."""
-    import torch
-    from fastai.vision.all import ImageDataLoaders, RandomResizedCrop
-
-    from pipelines.errors import PipelineError
-    from pipelines.registry import get_task
-
-    files = list(raw_files(tmp_path).values())
-    dls = ImageDataLoaders.from_path_func(tmp_path, files, lambda path: Path(path).stem, valid_pct=0.5, seed=0,
-                                          item_tfms=RandomResizedCrop(32), bs=2)
-    with pytest.raises(PipelineError, match="crop items \\(RandomResizedCrop\\)"):
-        get_task("unet").preprocessing(type("L", (), {"dls": dls, "model": torch.nn.Conv2d(3, 8, 3)})())
-
-
 def test_siamese_refuses_batch_resizing_that_changes_the_size(tmp_path):
     from fastai.vision.all import ImageDataLoaders, Resize, aug_transforms
 
@@ -290,23 +275,31 @@ def test_a_unet_that_resizes_on_the_batch_as_fastais_tutorial_in_colour_and_grey
         task.preprocessing(learner(item_tfms=Resize((40, 80)), batch_tfms=[RandomResizedCropGPU(24)]))
 
 
-@pytest.mark.parametrize("method", ["crop", "pad", "squish"])
+@pytest.mark.parametrize("method", ["crop", "pad", "squish", "RandomResizedCrop"])
 @pytest.mark.parametrize("upload_size", [(150, 100), (90, 140)])
 def test_a_unet_mask_is_mapped_back_where_fastais_resize_took_it_from(method, upload_size):
     """A mask the model gives at the Resize's size lands on the upload where fastai's Resize took those pixels
     from: the class map of an upload, resized as fastai resizes a mask (PILMask, nearest), comes back on the
     upload's own pixels; what a crop cut off is NOT_SEEN, a pad's padding is dropped."""
-    from fastai.vision.all import PILMask, Resize
+    from fastai.vision.all import PILMask, RandomResizedCrop, Resize
 
+    from pipelines.vision import validation_random_resized_crop
     from services.manifest import ImagePreprocessing
     from services.unet import NOT_SEEN, mask_on_upload
 
     width, height = upload_size
     columns, rows = np.meshgrid(np.arange(width), np.arange(height))
     classes = (1 + 3 * (rows * 3 // height) + columns * 3 // width).astype(np.uint8)  # a 3x3 grid of classes 1..9
-    resize = Resize((64, 64), method=method, pad_mode="zeros")
-    seen_by_model = np.asarray(resize(PILMask.create(Image.fromarray(classes)), split_idx=1))
-    spec = ImagePreprocessing(height=64, width=64, resize_method=method, pad_mode="zeros", mean=[0.0] * 3, std=[1.0] * 3)
+    stats = dict(mean=[0.0] * 3, std=[1.0] * 3)
+    if method == "RandomResizedCrop":
+        transform = RandomResizedCrop(64)
+        squish, center_crop = validation_random_resized_crop(transform)
+        spec = ImagePreprocessing(height=squish.size[1], width=squish.size[0], resize_method="squish",
+                                  center_crop=center_crop, **stats)
+    else:
+        transform = Resize((64, 64), method=method, pad_mode="zeros")
+        spec = ImagePreprocessing(height=64, width=64, resize_method=method, pad_mode="zeros", **stats)
+    seen_by_model = np.asarray(transform(PILMask.create(Image.fromarray(classes)), split_idx=1))
 
     placed = mask_on_upload(seen_by_model, width, height, spec)
 
@@ -317,6 +310,8 @@ def test_a_unet_mask_is_mapped_back_where_fastais_resize_took_it_from(method, up
         expected_seen = np.zeros_like(seen)
         expected_seen[(height - side) // 2:(height - side) // 2 + side, (width - side) // 2:(width - side) // 2 + side] = True
         np.testing.assert_array_equal(seen, expected_seen)
+    elif method == "RandomResizedCrop":  # the centre 64x64 of the image squished to 80x80: (64 / 80)^2 of it
+        assert abs(seen.mean() - 0.64) < 0.03 and not seen[0].any() and not seen[:, -1].any()
     else:
         assert seen.all()
     # nearest resampling (64 pixels to 100-150 and back) moves borders by a pixel or two: away from the grid's

@@ -319,9 +319,6 @@ class UnetTask(Task):
         if spec.batch_resize is not None and any(step.crop for step in spec.batch_resize.steps):
             raise PipelineError("the learner's DataLoaders crop batches (RandomResizedCropGPU); the service maps a "
                                 "U-Net's mask back onto the whole image, so it serves batch resizing without a crop only")
-        if spec.center_crop is not None:
-            raise PipelineError("the learner's DataLoaders crop items (RandomResizedCrop); the service maps a U-Net's "
-                                "mask back onto the whole image, so it serves item_tfms=Resize(...) only")
         return spec
 
     def report_figures(self, learn, folder: Path) -> list[tuple[str, str]]:
