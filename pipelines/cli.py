@@ -349,8 +349,11 @@ def predict_unet(ctx, image, output):
     mask.save(output, format="PNG")
     import numpy as np
 
-    classes = np.unique(np.asarray(mask))
-    click.echo(f"wrote {output} ({mask.width}x{mask.height}; class indices present: {', '.join(map(str, classes))})")
+    from services.schemas import NOT_SEEN
+
+    present = [str(index) if index != NOT_SEEN else f"{NOT_SEEN} (not seen: the model's Resize cropped it off)"
+               for index in np.unique(np.asarray(mask))]
+    click.echo(f"wrote {output} ({mask.width}x{mask.height}; class indices present: {', '.join(present)})")
 
 
 @predict_group.command("text")

@@ -29,6 +29,9 @@ class ClassCoverage(BaseModel):
     coverage: float
 
 
+NOT_SEEN = 255  # U-Net mask value of upload pixels the model did not see; class indices stay below it
+
+
 class SegmentationSummary(ServedBy):
     width: int
     height: int

@@ -15,12 +15,11 @@ from services.images import image_to_tensor, resize_window
 from services.manifest import ImagePreprocessing
 from services.loading import ServedTask, TaskHandler, service_model
 from services.runtime import configured_request_threads
-from services.schemas import ClassCoverage, SegmentationSummary
+from services.schemas import NOT_SEEN, ClassCoverage, SegmentationSummary
 from services.uploads import ImageFile, UploadedFile, read_upload
 
 TASK = "unet"
 MODEL = service_model(TASK)
-NOT_SEEN = 255  # mask value of upload pixels outside what the model saw
 
 
 def mask_on_upload(mask: np.ndarray, width: int, height: int, spec: ImagePreprocessing) -> np.ndarray:

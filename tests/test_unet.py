@@ -133,3 +133,22 @@ def test_bad_upload_is_400_and_server_keeps_serving(server, tmp_path):
     after = requests.post(f"{server}/segment", files={"image": ("ok.png", good)}, timeout=30)
     assert after.status_code == 200
     assert Image.open(io.BytesIO(after.content)).size == (31, 45)
+
+
+def test_more_classes_than_the_mask_png_holds_are_refused_in_one_line():
+    """Class indices share the greyscale mask with NOT_SEEN (255): a U-Net of 300 classes would wrap around."""
+    from types import SimpleNamespace
+
+    from fastai.vision.all import AddMaskCodes
+
+    from pipelines.errors import PipelineError
+    from pipelines.registry import get_task
+
+    def learner(classes):
+        codes = AddMaskCodes(codes=[f"class {i}" for i in range(classes)])
+        return SimpleNamespace(dls=SimpleNamespace(valid=SimpleNamespace(after_item=SimpleNamespace(fs=[codes]))))
+
+    task = get_task("unet")
+    assert task.labels(learner(255))[-1] == "class 254"
+    with pytest.raises(PipelineError, match="this U-Net has 300 classes; .* at most 255 classes are served"):
+        task.labels(learner(300))

@@ -296,6 +296,16 @@ class UnetTask(Task):
         return cases
 
     def labels(self, learn) -> list[str]:
+        from services.schemas import NOT_SEEN
+
+        codes = self.mask_codes(learn)
+        if len(codes) > NOT_SEEN:
+            raise PipelineError(f"this U-Net has {len(codes)} classes; the served mask is a greyscale PNG whose "
+                                f"pixels hold class indices 0-{NOT_SEEN - 1} ({NOT_SEEN}: not seen), so at most "
+                                f"{NOT_SEEN} classes are served")
+        return codes
+
+    def mask_codes(self, learn) -> list[str]:
         """The mask codes: MaskBlock(codes) puts them on the `AddMaskCodes` transform (and `dls.vocab` while
         the DataLoaders still hold data)."""
         from fastai.vision.all import AddMaskCodes
