@@ -81,6 +81,13 @@ def crop_pad(image: Image.Image, left: int, top: int, window_w: int, window_h: i
     return Image.fromarray(np.pad(pixels, padding, mode=PAD_MODES[pad_mode]))
 
 
+def center_crop_box(spec: ImagePreprocessing) -> tuple[int, int, int, int]:
+    """(left, top, width, height) of `spec.center_crop` in the image resized to `spec.width` x `spec.height`,
+    centred as fastai's `crop_pad` centres it."""
+    height, width = spec.center_crop
+    return (spec.width - width) // 2, (spec.height - height) // 2, width, height
+
+
 def resize_like_fastai(image: Image.Image, spec: ImagePreprocessing) -> Image.Image:
     if spec.resize_method == "none":
         return image
@@ -88,8 +95,7 @@ def resize_like_fastai(image: Image.Image, spec: ImagePreprocessing) -> Image.Im
         image = crop_pad(image, *resize_window(*image.size, spec.width, spec.height, spec.resize_method), spec.pad_mode)
     image = image.resize((spec.width, spec.height), RESAMPLE[spec.resample])
     if spec.center_crop is not None:
-        height, width = spec.center_crop
-        left, top = (spec.width - width) // 2, (spec.height - height) // 2
+        left, top, width, height = center_crop_box(spec)
         image = image.crop((left, top, left + width, top + height))
     return image
 

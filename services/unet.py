@@ -11,7 +11,7 @@ import bentoml
 import numpy as np
 from PIL import Image
 
-from services.images import image_to_tensor, resize_window
+from services.images import center_crop_box, image_to_tensor, resize_window
 from services.manifest import ImagePreprocessing
 from services.loading import ServedTask, TaskHandler, service_model
 from services.runtime import configured_request_threads
@@ -26,18 +26,17 @@ def mask_on_upload(mask: np.ndarray, width: int, height: int, spec: ImagePreproc
     """The model's (H, W) mask on an upload of `width` x `height`: resized back onto the window the service
     resized to the model's size (the whole upload for squish; a `pad` window's padding falls outside the upload
     and is dropped; what a `crop` window, or RandomResizedCrop's centre crop, left out is NOT_SEEN)."""
-    if mask.shape == (height, width):
-        return mask
     if spec.center_crop is not None:  # RandomResizedCrop: the crop back in its place on the squished image
+        left, top, crop_w, crop_h = center_crop_box(spec)
         squished = np.full((spec.height, spec.width), NOT_SEEN, dtype=np.uint8)
-        crop_h, crop_w = spec.center_crop
-        top, left = (spec.height - crop_h) // 2, (spec.width - crop_w) // 2
         squished[top:top + crop_h, left:left + crop_w] = np.asarray(Image.fromarray(mask).resize((crop_w, crop_h), Image.NEAREST))
-        return np.asarray(Image.fromarray(squished).resize((width, height), Image.NEAREST))
+        mask = squished
     if spec.resize_method in ("crop", "pad"):
         left, top, window_w, window_h = resize_window(width, height, spec.width, spec.height, spec.resize_method)
     else:
         left, top, window_w, window_h = 0, 0, width, height
+    if mask.shape == (window_h, window_w) == (height, width):  # the model saw the upload as it is
+        return mask
     window = np.asarray(Image.fromarray(mask).resize((window_w, window_h), Image.NEAREST))
     placed = np.full((height, width), NOT_SEEN, dtype=np.uint8)
     x0, y0, x1, y1 = max(left, 0), max(top, 0), min(left + window_w, width), min(top + window_h, height)

@@ -276,7 +276,7 @@ def test_a_unet_that_resizes_on_the_batch_as_fastais_tutorial_in_colour_and_grey
 
 
 @pytest.mark.parametrize("method", ["crop", "pad", "squish", "RandomResizedCrop"])
-@pytest.mark.parametrize("upload_size", [(150, 100), (90, 140)])
+@pytest.mark.parametrize("upload_size", [(150, 100), (90, 140), (64, 64)])
 def test_a_unet_mask_is_mapped_back_where_fastais_resize_took_it_from(method, upload_size):
     """A mask the model gives at the Resize's size lands on the upload where fastai's Resize took those pixels
     from: the class map of an upload, resized as fastai resizes a mask (PILMask, nearest), comes back on the
