@@ -266,18 +266,18 @@ def validation_random_resized_crop(transform):
     return Resize((height + margin, width + margin), method="squish"), (height, width)
 
 
-def validation_batch_resize(dls, item_size: tuple[int, int] | None):
+def validation_batch_resize(dls, size: tuple[int, int] | None):
     """What the batch transforms that resample (`aug_transforms`' AffineCoordTfm, `RandomResizedCropGPU`)
     do at validation, step by step, as a `BatchResize` (None: none). Those that keep the size resample
     too: at 224x224 their float rounding moves values by 2e-5. `RandomResizedCropGPU` crops the centre to
     its ratio (of an item of the Resize's size: it needs one); both sample the identity grid at their size
-    (an AffineCoordTfm without one: the image's own)."""
+    (an AffineCoordTfm without one: the image's own). `size`: the (height, width) items have before them
+    (None: each image's own)."""
     import torch
     from fastai.vision.augment import AffineCoordTfm, RandomResizedCropGPU
 
     from services.manifest import BatchResize, ResampleStep
 
-    size = item_size
     steps, resizes = [], False
     for transform in dls.valid.after_batch.fs:
         name = type(transform).__name__
