@@ -9,11 +9,10 @@ of the user's own instead of `vision_learner`. Run: python classifier_own_models
 Each folder has export.pkl, sample/<class>/ (images in class folders) and expected.json (learn.predict's
 probabilities of each sample image)."""
 
-import json
-import shutil
 import sys
 from pathlib import Path
 
+from classifier_sample import write_sample
 from fastai.vision.all import *
 
 path, out = Path(sys.argv[1]), Path(sys.argv[2])
@@ -44,11 +43,5 @@ for name, model in models.items():
     folder = (out / name).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     learn.export(folder / "export.pkl")
-    expected = {}
-    for image in files[:8]:
-        target = folder / "sample" / label_func(image.name) / image.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(image, target)
-        expected[str(target)] = learn.predict(target)[2].tolist()
-    (folder / "expected.json").write_text(json.dumps({"labels": [str(v) for v in dls.vocab], "probabilities": expected}))
+    write_sample(learn, files[:8], label_func, folder)
 Learner(dls, xresnet18(), loss_func=CrossEntropyLossFlat()).export(out.resolve() / "wrong_outputs.pkl")

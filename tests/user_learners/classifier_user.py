@@ -5,11 +5,10 @@
 Writes OUT/export.pkl, OUT/sample/<class>/ (images in class folders) and OUT/expected.json
 (learn.predict's probabilities of each sample image)."""
 
-import json
-import shutil
 import sys
 from pathlib import Path
 
+from classifier_sample import write_sample
 from fastai.vision.all import *
 
 path, out = Path(sys.argv[1]), Path(sys.argv[2])
@@ -29,10 +28,4 @@ learn = vision_learner(dls, resnet18, pretrained=False, metrics=accuracy, lin_ft
 learn.fit_one_cycle(1, 2e-3)
 out.mkdir(parents=True, exist_ok=True)
 learn.export(out / "export.pkl")
-expected = {}
-for image in files[:6]:
-    target = out / "sample" / label_func(image.name) / image.name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(image, target)
-    expected[str(target)] = learn.predict(target)[2].tolist()
-(out / "expected.json").write_text(json.dumps({"labels": [str(v) for v in learn.dls.vocab], "probabilities": expected}))
+write_sample(learn, files[:6], label_func, out)
