@@ -71,6 +71,8 @@ class OtherRuntimeJudgement:
     speedup: float  # over ONNX Runtime fp32, the lowest over the bench inputs
     speedup_over_onnxruntime_int8: float
     problems: list[str] = field(default_factory=list)
+    # OpenVINO's float precision on the judging CPU (f32, or bf16 where the CPU has bf16 instructions)
+    inference_precision: str | None = None
 
 
 @dataclass

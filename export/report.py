@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from export.parity import ParityReport  # noqa: E402
 from services.manifest import REPORT_FILE  # noqa: E402
+from services.runtime import cpu_name  # noqa: E402
 
 LOSS_PLOT = "loss_curve.png"
 
@@ -123,7 +124,7 @@ def judged_on_line(quantized) -> str:
     machine = quantized.judged_on
     if not machine:
         return ""
-    line = (f"Judged on {machine['cpu']} ({', '.join(machine['features']) or 'no int8 instructions'}; int8 "
+    line = (f"Judged on {cpu_name(machine)} ({', '.join(machine['features']) or 'no int8 instructions'}; int8 "
             f"kernels: {machine['int8_kernels']}).")
     if (quantized.weight_bits or 8) < 8:
         return line + (f" Weights take {quantized.weight_bits} bits, so ONNX Runtime computes the same int8 on CPUs "

@@ -26,7 +26,7 @@ import click
 import numpy as np
 
 from pipelines.errors import PipelineError
-from services.runtime import SPEED_FEATURES, cpu_features
+from services.runtime import SPEED_FEATURES, cpu_features, cpu_identity
 
 RESULTS = Path("benchmarks/results")
 
@@ -40,16 +40,21 @@ def cell(value) -> str:
 
 
 def machine_label(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """cpuN-BEST: the core count and the best speed feature, so that logs of different CPUs never share a name."""
+    """cpuN-BEST-VENDOR-fFAMILYmMODEL: the core count, the best speed feature and the CPU's vendor, family
+    and model numbers, so that logs of different CPUs never share a name (cloud CPUs often call themselves
+    just "AMD EPYC", and an Ice Lake Xeon and a Zen 5 EPYC have the same best feature)."""
     _, features = cpu_features(cpuinfo)
     best = features[0].replace("_", "") if features else platform.machine()
-    return f"cpu{os.cpu_count()}-{best}"
+    identity = cpu_identity(cpuinfo)
+    return f"cpu{os.cpu_count()}-{best}" + (f"-{identity}" if identity else "")
 
 
 def machine_line() -> str:
     import onnxruntime
 
     model, features = cpu_features()
+    identity = cpu_identity()
+    model = f"{model} ({identity})" if identity else model
     return (f"machine: {model}, {os.cpu_count()} CPUs ({', '.join(features) or 'none of ' + '/'.join(SPEED_FEATURES)}), "
             f"python {platform.python_version()}, onnxruntime {onnxruntime.__version__}")
 

@@ -31,7 +31,7 @@ from pipelines.errors import PipelineError
 from pipelines.tasks.base import Task, TaskOptions
 from services.manifest import INT8_MODEL_FILE, MODEL_FILE, PARITY_FILE, Manifest, file_sha256
 from services.messages import message_line
-from services.runtime import ProviderUnavailableError, create_session, this_machine
+from services.runtime import ProviderUnavailableError, cpu_name, create_session, this_machine
 
 
 @dataclass
@@ -312,7 +312,7 @@ def judge_int8(source: ModelSource, gate, int8_file: Path, calibration_source: s
     scores = ", ".join(f"{name} {v['fp32']:.4f} -> {v['int8']:.4f}" for name, v in judged.metrics.items())
     click.echo(f"      agreement with fp32 {judged.argmax_agreement:.4f}" + (f"; {scores}" if scores else ""))
     machine = this_machine()
-    click.echo(f"      judged on {machine['cpu']} (int8 kernels: {machine['int8_kernels']})")
+    click.echo(f"      judged on {cpu_name(machine)} (int8 kernels: {machine['int8_kernels']})")
     return QuantizationReport(
         passed=not problems, method=gate.method, file=INT8_MODEL_FILE, sha256=file_sha256(int8_file),
         calibration={"source": calibration_source}, gate=dataclasses.asdict(gate), judged=[judged],
@@ -351,7 +351,8 @@ def judge_under_openvino(gate, case, reference: np.ndarray, openvino,
         click.echo(f"      {summary}; passed: PIPELINES_PROVIDER=openvino serves it")
     return OtherRuntimeJudgement(runtime=f"OpenVINO {openvino.version} CPU ({openvino.inference_precision} inference)",
                                  passed=not problems, judged=[judged], speedup=speedup,
-                                 speedup_over_onnxruntime_int8=over_int8, problems=problems)
+                                 speedup_over_onnxruntime_int8=over_int8, problems=problems,
+                                 inference_precision=openvino.inference_precision)
 
 
 def register(folder: Path, name: str | None = None, position: str = "") -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from services.manifest import INT8_MODEL_FILE, MODEL_FILE, PARITY_FILE, Manifest
 from services.messages import message_line
 from services.runtime import (
     OpenVINOSession, ProviderUnavailableError, configured_precision, configured_provider, configured_request_threads,
-    configured_runs_per_model, configured_threads, create_session, providers_for, runs_on_cpu, this_machine,
+    configured_runs_per_model, configured_threads, cpu_name, create_session, providers_for, runs_on_cpu, this_machine,
 )
 
 logger = logging.getLogger("bentoml.service")
@@ -187,20 +188,40 @@ def passed_under_openvino(folder: Path) -> bool:
     return bool((int8_verdict(folder).get("openvino") or {}).get("passed"))
 
 
-def warn_if_judged_on_other_int8_kernels(tag: str, folder: Path, provider_choice: str) -> dict | None:
+def openvino_judged_precision(verdict: dict) -> str | None:
+    """The float precision OpenVINO ran the int8 file's float layers in when it was judged (verdicts from
+    before the field existed name it in their runtime string: 'OpenVINO 2026.4.1 CPU (f32 inference)')."""
+    openvino = verdict.get("openvino") or {}
+    if openvino.get("inference_precision"):
+        return openvino["inference_precision"]
+    found = re.search(r"\((\w+) inference\)", str(openvino.get("runtime", "")))
+    return found.group(1) if found else None
+
+
+def warn_if_judged_where_results_can_differ(tag: str, folder: Path, provider_choice: str,
+                                            openvino_precision: str | None = None) -> dict | None:
     """The machine the int8 verdict was judged on; a warning in the log where serving on this CPU may not
-    compute what was judged: under OpenVINO, on any other int8 kernels (services.runtime.int8_kernels); under
-    ONNX Runtime, only for files quantized with 8-bit weights (before `pipelines quantize` took 7), whose
-    sums can overflow on CPUs without VNNI. Verdicts from before the machine was recorded: None, no warning."""
+    compute what was judged: under OpenVINO, on other int8 kernels (services.runtime.int8_kernels) or where
+    OpenVINO runs the float layers in another precision (bf16 on CPUs with bf16 instructions, AMX or
+    AVX-512 BF16, f32 elsewhere: two VNNI CPUs can differ); under ONNX Runtime, only for files quantized with
+    8-bit weights (before `pipelines quantize` took 7), whose sums can overflow on CPUs without VNNI.
+    Verdicts from before the machine was recorded: None, no warning."""
     verdict = int8_verdict(folder)
     judged_on = verdict.get("judged_on")
     if not isinstance(judged_on, dict) or not judged_on:
         return None
     here = this_machine()
-    if judged_on.get("int8_kernels") == here["int8_kernels"]:
-        return judged_on
+    same_kernels = judged_on.get("int8_kernels") == here["int8_kernels"]
     if provider_choice == "openvino":
-        why, instead = "OpenVINO's int8 and float kernels differ between them (bf16 on AMX)", "PIPELINES_PROVIDER=cpu"
+        judged_precision = openvino_judged_precision(verdict)
+        differences = [] if same_kernels else ["int8 kernels"]
+        if judged_precision and openvino_precision and judged_precision != openvino_precision:
+            differences.append(f"float layers in {judged_precision} there, {openvino_precision} here")
+        if not differences:
+            return judged_on
+        why, instead = f"OpenVINO computes differently on them ({'; '.join(differences)})", "PIPELINES_PROVIDER=cpu"
+    elif same_kernels:
+        return judged_on
     elif not isinstance(verdict.get("weight_bits"), int) or verdict["weight_bits"] > 7:
         why, instead = ("its 8-bit weights can overflow 16-bit sums on CPUs without VNNI (quantized before "
                         "`pipelines quantize` took 7-bit weights)"), "PIPELINES_PRECISION=fp32"
@@ -208,7 +229,7 @@ def warn_if_judged_on_other_int8_kernels(tag: str, folder: Path, provider_choice
         return judged_on
     logger.warning("model %s: its int8 verdict was judged on %s (int8 kernels: %s) and this CPU is %s (%s): %s; "
                    "run `pipelines quantize` on this kind of machine and register again to judge it here, or set %s",
-                   tag, judged_on.get("cpu"), judged_on.get("int8_kernels"), here["cpu"], here["int8_kernels"], why,
+                   tag, cpu_name(judged_on), judged_on.get("int8_kernels"), cpu_name(here), here["int8_kernels"], why,
                    instead)
     return judged_on
 
@@ -238,7 +259,8 @@ class ServedModel:
         provider = session.get_providers()[0]
         logger.info("serving %s (%s) with %s%s", tag, precision, provider,
                     " (its int8 model was not verified under OpenVINO)" if configured != choice else "")
-        judged_on = warn_if_judged_on_other_int8_kernels(tag, folder, choice) if precision == "int8" else None
+        judged_on = warn_if_judged_where_results_can_differ(
+            tag, folder, choice, getattr(session, "inference_precision", None)) if precision == "int8" else None
         return cls(tag=tag, manifest=manifest, session=session, provider=provider, precision=precision,
                    int8_judged_on=judged_on)
 

@@ -45,6 +45,23 @@ def cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, list[str]]
     return model, [feature for feature in SPEED_FEATURES if feature in flags]
 
 
+def cpu_identity(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """'amd-f26m2', 'intel-f6m106': vendor, family and model as /proc/cpuinfo numbers them ('' elsewhere)."""
+    try:
+        info = cpuinfo.read_text()
+    except OSError:
+        return ""
+    fields = {}
+    for line in info.split("\n\n", 1)[0].splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    vendor = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}.get(fields.get("vendor_id", ""), "")
+    family, model = fields.get("cpu family", ""), fields.get("model", "")
+    if not (vendor and family.isdigit() and model.isdigit()):
+        return ""
+    return f"{vendor}-f{family}m{model}"
+
+
 def int8_kernels(features: list[str], machine: str | None = None) -> str:
     """The kind of int8 arithmetic this CPU's kernels do: with AMX or VNNI the u8 x s8 products accumulate
     in 32 bits; without them (AVX2, AVX-512F) ONNX Runtime's u8s8 kernels add pairs of products in 16 bits,
@@ -63,7 +80,12 @@ def int8_kernels(features: list[str], machine: str | None = None) -> str:
 def this_machine() -> dict:
     """What an int8 verdict records about the machine that judged it, and what serving compares it with."""
     model, features = cpu_features()
-    return {"cpu": model, "features": features, "int8_kernels": int8_kernels(features)}
+    return {"cpu": model, "cpu_id": cpu_identity(), "features": features, "int8_kernels": int8_kernels(features)}
+
+
+def cpu_name(machine: dict) -> str:
+    """A recorded machine's CPU as people read it: its model name, with vendor, family and model where recorded."""
+    return f"{machine.get('cpu')} ({machine['cpu_id']})" if machine.get("cpu_id") else str(machine.get("cpu"))
 
 
 class ProviderUnavailableError(RuntimeError):

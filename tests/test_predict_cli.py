@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from pipelines.bench import cpu_features, machine_label
-from services.runtime import int8_kernels
+from services.runtime import cpu_identity, int8_kernels
 from tests.helpers import bentoml_server, free_port
 from tests.test_cli import assert_clean_failure, run_cli
 
@@ -125,7 +125,9 @@ def test_bench_in_process_and_against_the_url_write_a_table_a_log_and_a_chart(ur
     model, features = cpu_features()
     for log in logs:  # which CPU measured it: in the log and in its name
         machine = next(line for line in log.read_text().splitlines() if line.startswith("machine: "))
-        assert machine.startswith(f"machine: {model}, ") and all(feature in machine for feature in features)
+        identity = cpu_identity()
+        assert machine.startswith(f"machine: {model} ({identity}), " if identity else f"machine: {model}, ")
+        assert all(feature in machine for feature in features)
         assert log.name.split("_")[2] == machine_label()
 
 
@@ -175,6 +177,14 @@ def test_bench_logs_name_the_cpu_by_its_best_instruction_set(flags, label, kerne
     model, features = cpu_features(cpuinfo)
     assert model == "Some CPU"
     assert machine_label(cpuinfo).endswith(f"-{label}")
+    # two CPUs with the same best feature (an Ice Lake Xeon, a Zen 5 EPYC) are told apart by vendor and model
+    for vendor, family, model_number, identity in (("GenuineIntel", 6, 106, "intel-f6m106"),
+                                                    ("AuthenticAMD", 26, 2, "amd-f26m2")):
+        cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: {family}\n"
+                           f"model\t\t: {model_number}\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\n"
+                           f"processor\t: 1\nvendor_id\t: {vendor}\nmodel\t\t: 999\n")
+        assert machine_label(cpuinfo).endswith(f"-{label}-{identity}")
+        assert "_" not in machine_label(cpuinfo) and "." not in machine_label(cpuinfo)
     # what an int8 verdict depends on (16-bit sums that can saturate without VNNI)
     assert int8_kernels(features, machine="x86_64") == kernels
     assert int8_kernels(features, machine="aarch64") == "aarch64"

@@ -12,9 +12,9 @@ import pytest
 
 from export.parity import ELEMENTS_PER_RUN, ROWS_PER_RUN, case_outputs, in_slices, session_output
 from export.quantize import QuantizationGate, gate_problems, judge_case, metric_loss
-from services.loading import ServedModel, model_file
+from services.loading import ServedModel, model_file, warn_if_judged_where_results_can_differ
 from services.manifest import INT8_MODEL_FILE, MODEL_FILE, PARITY_FILE
-from services.runtime import CPU, OPENVINO, ProviderUnavailableError, create_session, this_machine
+from services.runtime import CPU, OPENVINO, ProviderUnavailableError, cpu_name, create_session, this_machine
 from tests.helpers import bentoml_server
 from tests.test_cli import assert_clean_failure, run_cli
 
@@ -55,6 +55,7 @@ def test_quantize_writes_int8_and_records_the_gate_beside_fp32(quantized_unet):
     assert openvino["judged"][0]["argmax_agreement"] >= 0.98 and set(openvino["judged"][0]["metrics"]) == {"accuracy", "dice"}
     assert all(set(times) == {"fp32", "int8", "OpenVINO int8"} for times in section["latency_ms"].values())
     assert openvino["speedup_over_onnxruntime_int8"] > 0
+    assert f"({openvino['inference_precision']} inference)" in openvino["runtime"]  # what serving compares with
     assert "OpenVINO int8: agreement with fp32" in completed.stdout
     int8_size, fp32_size = (folder / INT8_MODEL_FILE).stat().st_size, (folder / MODEL_FILE).stat().st_size
     assert int8_size < fp32_size / 3  # int8 weights: a quarter of the bytes, plus scales
@@ -63,7 +64,7 @@ def test_quantize_writes_int8_and_records_the_gate_beside_fp32(quantized_unet):
     # the machine that judged it: the verdict is proof for CPUs with the same int8 kernels
     here = this_machine()
     assert section["judged_on"] == here
-    assert f"Judged on {here['cpu']}" in report and f"int8 kernels: {here['int8_kernels']}" in completed.stdout
+    assert f"Judged on {cpu_name(here)} (" in report and f"judged on {cpu_name(here)} (int8 kernels: {here['int8_kernels']})" in completed.stdout
 
 
 def test_int8_weights_take_seven_bits_so_no_cpu_overflows_their_sums(quantized_unet):
@@ -103,10 +104,32 @@ def test_serving_int8_says_where_it_was_judged_and_warns_only_where_results_can_
     served, warnings = served_with(folder, caplog)  # 7-bit weights: ONNX Runtime computes the same here
     assert served.info()["int8_judged_on"]["cpu"] == "Another CPU" and not warnings
 
+    # under OpenVINO: other int8 kernels there, and the float layers ran in another precision there than
+    # OpenVINO runs them in here (two VNNI CPUs, one with AVX-512 BF16, can differ so): both named
     monkeypatch.setenv("PIPELINES_PROVIDER", "openvino")
+    here_precision = parity["int8"]["openvino"]["inference_precision"]  # judged on this machine by the fixture
+    there_precision = "bf16" if here_precision != "bf16" else "f32"
+    parity["int8"]["openvino"]["inference_precision"] = there_precision
+    (folder / PARITY_FILE).write_text(json.dumps(parity))
     served, warnings = served_with(folder, caplog)
     assert served.provider == OPENVINO and len(warnings) == 1
-    assert f"Another CPU (int8 kernels: {other})" in warnings[0] and "OpenVINO's int8 and float kernels" in warnings[0]
+    assert f"Another CPU (int8 kernels: {other})" in warnings[0]
+    assert f"OpenVINO computes differently on them (int8 kernels; float layers in {there_precision} there, " \
+           f"{here_precision} here)" in warnings[0]
+    # the same kernels: a warning only where the float precision differs, also for verdicts from before the
+    # field existed (their runtime string names it)
+    parity["int8"]["judged_on"] = this_machine()
+    for recorded, warned in (({"inference_precision": there_precision}, True),
+                             ({"inference_precision": here_precision}, False),
+                             ({"runtime": f"OpenVINO 2026.4.1 CPU ({there_precision} inference)"}, True),
+                             ({"runtime": f"OpenVINO 2026.4.1 CPU ({here_precision} inference)"}, False)):
+        parity["int8"]["openvino"] = {"passed": True, **recorded}
+        (folder / PARITY_FILE).write_text(json.dumps(parity))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="bentoml.service"):
+            warn_if_judged_where_results_can_differ("unet-int8:1", folder, "openvino", here_precision)
+        assert bool(caplog.records) == warned, recorded
+    parity["int8"]["judged_on"] = {"cpu": "Another CPU", "features": [], "int8_kernels": other}
 
     del parity["int8"]["weight_bits"]  # a file quantized with 8-bit weights, before they took 7
     (folder / PARITY_FILE).write_text(json.dumps(parity))
