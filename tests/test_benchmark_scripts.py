@@ -18,6 +18,7 @@ def run_script(module: str, *args: str, bentoml_home) -> subprocess.CompletedPro
 @pytest.mark.parametrize("module, args, message", [
     ("benchmarks.int8_exactness", ["/no/such/artifact"], "neither an artifact folder nor a model"),
     ("benchmarks.profile_operators", ["/no/such/artifact"], "neither an artifact folder nor a model"),
+    ("benchmarks.png_encoding", ["/no/such/artifact"], "neither an artifact folder nor a model"),
     ("benchmarks.bench_unet", ["--artifact", "/no/such/artifact"], "no such folder"),
     ("benchmarks.bench_siamese", [], "no siamese model in the BentoML store"),
     ("benchmarks.bench_overhead", ["--requests", "5"], "lacks siamese:latest, unet:latest"),

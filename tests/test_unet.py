@@ -112,6 +112,7 @@ def test_served_mask_has_the_upload_size_and_equals_the_pytorch_mask(unet_run, s
     with open(path, "rb") as handle:
         response = requests.post(f"{server}/segment", files={"image": handle}, timeout=60)
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert zlib_level_of_png(response.content) == "fastest"  # services.unet.FAST_PNG, not Pillow's default
     mask = np.asarray(Image.open(io.BytesIO(response.content)))
     assert mask.shape == (100, 150)
     np.testing.assert_array_equal(mask, expected)
@@ -124,6 +125,18 @@ def test_served_mask_has_the_upload_size_and_equals_the_pytorch_mask(unet_run, s
     with open(path, "rb") as handle:
         overlay = requests.post(f"{server}/overlay", files={"image": handle}, timeout=60)
     assert Image.open(io.BytesIO(overlay.content)).size == (150, 100)
+    assert zlib_level_of_png(overlay.content) == "fastest"
+
+
+def zlib_level_of_png(png: bytes) -> str:
+    """The compression level a PNG's encoder declared, from its first IDAT chunk's zlib header (FLEVEL bits)."""
+    position = 8
+    while position < len(png):
+        length = int.from_bytes(png[position:position + 4], "big")
+        if png[position + 4:position + 8] == b"IDAT":
+            return ("fastest", "fast", "default", "maximum")[png[position + 9] >> 6]
+        position += 12 + length
+    raise AssertionError("no IDAT chunk in the PNG")
 
 
 def test_bad_upload_is_400_and_server_keeps_serving(server, tmp_path):
