@@ -26,7 +26,7 @@ import click
 import numpy as np
 
 from pipelines.errors import PipelineError
-from services.runtime import SPEED_FEATURES, cpu_features, cpu_identity
+from services.runtime import SPEED_FEATURES, cpu_features, cpu_identity, cpu_name
 
 RESULTS = Path("benchmarks/results")
 
@@ -53,9 +53,7 @@ def machine_line() -> str:
     import onnxruntime
 
     model, features = cpu_features()
-    identity = cpu_identity()
-    model = f"{model} ({identity})" if identity else model
-    return (f"machine: {model}, {os.cpu_count()} CPUs ({', '.join(features) or 'none of ' + '/'.join(SPEED_FEATURES)}), "
+    return (f"machine: {cpu_name({'cpu': model, 'cpu_id': cpu_identity()})}, {os.cpu_count()} CPUs ({', '.join(features) or 'none of ' + '/'.join(SPEED_FEATURES)}), "
             f"python {platform.python_version()}, onnxruntime {onnxruntime.__version__}")
 
 

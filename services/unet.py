@@ -21,8 +21,8 @@ from services.uploads import ImageFile, UploadedFile, read_upload
 TASK = "unet"
 MODEL = service_model(TASK)
 # zlib's fastest level for the PNGs BentoML encodes from the returned images (Pillow reads it from the image's
-# encoderinfo): 3-4x faster than Pillow's default 6 for 10-30% more bytes (a 960x720 mask: 7 ms against 24 ms,
-# README's results log); a mask is most of /unet/segment's work outside the model.
+# encoderinfo): a mask encodes 3-6x faster than at Pillow's default 6 for 17-30% more bytes (960x720: 7 ms
+# against 24 ms), an overlay up to 3x for up to 11% (benchmarks/png_encoding.py, README's results log).
 FAST_PNG = {"compress_level": 1}
 
 
