@@ -5,11 +5,18 @@
 - One error shape: every 4xx/5xx JSON answer, ours or BentoML's own (validation errors come as
   `{"error": "6 validation error for Input", "detail": [...]}`, others wrapped in a list), is rewritten to
   `{"error": "<one line naming the field or record>", "detail": [...]}`.
+- A client's bad request is one WARNING line in the server log ("Client error 400 on /path [POST]: <what
+  was wrong>"); BentoML logs it at ERROR with a traceback, as it does a failure of the server's own.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+
+from services.messages import message_line
+
+BENTOML_ENDPOINT_LOGGER = "bentoml._internal.server.http_app"  # where BentoML's log_exception writes
 
 
 def error_line(error: str, detail: list) -> str:
@@ -38,6 +45,40 @@ def one_error_shape(body: bytes) -> bytes:
     return json.dumps({"error": error_line(error, detail), "detail": detail}).encode()
 
 
+def client_error(exception: BaseException | None) -> tuple[int, str] | None:
+    """(status, one line) where an endpoint's exception is the client's doing (BentoML answers it with a
+    4xx), None where it is the server's."""
+    from bentoml.exceptions import BentoMLException
+    from pydantic import ValidationError
+
+    if isinstance(exception, ValidationError):
+        return 400, error_line(message_line(exception), exception.errors(include_context=False, include_input=False))
+    if isinstance(exception, BentoMLException) and 400 <= exception.error_code.value < 500:
+        return exception.error_code.value, message_line(exception, limit=1000)
+    return None
+
+
+class ClientErrorsInOneLine(logging.Filter):
+    """Rewrites BentoML's "Exception on PATH [METHOD]" record of a 4xx into one WARNING line without the
+    traceback; a 5xx keeps its ERROR and traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        found = client_error(record.exc_info[1]) if record.exc_info else None
+        if found is not None:
+            status, line = found
+            where = record.getMessage().removeprefix("Exception on ")
+            record.msg, record.args = "Client error %d on %s: %s", (status, where, line)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def log_client_errors_in_one_line() -> None:
+    logger = logging.getLogger(BENTOML_ENDPOINT_LOGGER)
+    if not any(isinstance(existing, ClientErrorsInOneLine) for existing in logger.filters):
+        logger.addFilter(ClientErrorsInOneLine())
+
+
 def models_info() -> dict:
     import bentoml
 
@@ -49,6 +90,7 @@ def models_info() -> dict:
 class ServingConventions:
     def __init__(self, app):
         self.app = app
+        log_client_errors_in_one_line()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":

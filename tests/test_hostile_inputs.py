@@ -5,6 +5,7 @@ good request still answered after each bad one."""
 
 import json
 import math
+import time
 
 import httpx
 import pytest
@@ -20,8 +21,14 @@ PENGUIN = {"island": "Biscoe", "bill_length_mm": 48.6, "bill_depth_mm": 16.0, "f
 
 
 @pytest.fixture(scope="module")
-def bento(siamese_run, unet_run, text_run, tabular_run, classifier_run):
-    with bentoml_server("services.pipelines:Pipelines", env={"PIPELINES_PROVIDER": "cpu"}, timeout=180) as url:
+def server_log(tmp_path_factory):
+    return tmp_path_factory.mktemp("hostile") / "serve.log"
+
+
+@pytest.fixture(scope="module")
+def bento(siamese_run, unet_run, text_run, tabular_run, classifier_run, server_log):
+    with bentoml_server("services.pipelines:Pipelines", env={"PIPELINES_PROVIDER": "cpu"}, timeout=180,
+                        log_path=server_log) as url:
         with httpx.Client(base_url=url, timeout=60) as http:
             yield http
 
@@ -193,6 +200,20 @@ def test_get_models_lists_every_task_with_provider_and_precision(bento):
         assert info["labels"] and info["inputs"] and "metrics" in info
     assert bento.post("/models").json() == models
     assert_one_error_shape(bento.get("/no/such/route"))
+
+
+def test_the_server_log_has_each_bad_request_in_one_warning_line_and_no_traceback(bento, server_log):
+    """Operators' alerts watch ERROR lines and tracebacks: a client's bad input must not raise them."""
+    bento.post("/siamese/predict", files={"image_a": ("a.png", example_image()), "image_b": ("b.png", b"not an image")})
+    bento.post("/tabular/predict", json={"records": [{"island": "Biscoe"}]})
+    expected = ["Client error 400 on /siamese/predict [POST]: image_b: not a recognised image format",
+                "Client error 400 on /tabular/predict [POST]: records.0.bill_length_mm: Field required"]
+    deadline = time.time() + 10
+    while not all(line in server_log.read_text() for line in expected) and time.time() < deadline:
+        time.sleep(0.2)
+    log = server_log.read_text()
+    assert all(line in log for line in expected), log[-3000:]
+    assert "Traceback" not in log and "Exception on" not in log, log[-3000:]
 
 
 def test_a_good_request_after_all_of_it(bento, good_requests):
