@@ -10,15 +10,17 @@ import enum
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import onnxruntime as ort
-import torch
 
 from export.config import OnnxConfig, ParityTolerance
 from export.errors import PreprocessingMismatchError, ShapeMismatchError, ToleranceExceededError
 from services.loading import softmax
+
+if TYPE_CHECKING:  # torch is imported where a module runs: the CLI's light commands never load it
+    import torch
 
 CLASS_AXIS = 1
 
@@ -161,6 +163,8 @@ def case_outputs(session, inputs: dict[str, np.ndarray], output: str | None = No
 
 
 def torch_logits(module: torch.nn.Module, case: ParityCase, config: OnnxConfig) -> np.ndarray:
+    import torch
+
     module = module.eval().cpu()
 
     def run(feeds: dict[str, np.ndarray]) -> np.ndarray:

@@ -6,14 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from export.parity import ParityReport  # noqa: E402
-from services.manifest import REPORT_FILE  # noqa: E402
-from services.runtime import cpu_name  # noqa: E402
+from export.parity import ParityReport
+from services.manifest import REPORT_FILE
+from services.runtime import cpu_name
 
 LOSS_PLOT = "loss_curve.png"
 
@@ -30,7 +25,19 @@ class TrainingSummary:
     seconds: float = 0.0
 
 
+def pyplot():
+    """matplotlib's pyplot on the file-only backend, imported when a figure is drawn: it costs a second, which
+    the CLI's light commands (`--help`, `predict --url`) should not pay."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def plot_losses(summary: TrainingSummary, path: Path) -> Path:
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(7, 4))
     axis.plot(range(1, len(summary.batch_losses) + 1), summary.batch_losses, label="train (per batch)", alpha=0.6)
     if summary.epochs and summary.batch_losses:

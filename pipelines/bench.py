@@ -80,11 +80,9 @@ def write_results(name: str, title: str, rows: list[dict], chart: Callable[[Path
 
 
 def bar_chart(path: Path, rows: list[dict], group: str, series: str, value: str, title: str) -> None:
-    import matplotlib
+    from export.report import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     groups = list(dict.fromkeys(row[group] for row in rows))
     names = list(dict.fromkeys(row[series] for row in rows))
     width = 0.8 / max(1, len(names))

@@ -333,8 +333,9 @@ class UnetTask(Task):
 
     def report_figures(self, learn, folder: Path) -> list[tuple[str, str]]:
         """fastai's `show_results`: validation images, their target masks and the predicted masks."""
-        import matplotlib.pyplot as plt
+        from export.report import pyplot
 
+        plt = pyplot()
         if not len(learn.dls.valid_ds):
             return []
         learn.show_results(max_n=4, figsize=(8, 8))
