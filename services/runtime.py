@@ -192,6 +192,21 @@ def session_options(threads: int = 0) -> ort.SessionOptions:
     return options
 
 
+_openvino_core = None
+_openvino_core_lock = threading.Lock()
+
+
+def openvino_core(openvino):
+    """The process's one OpenVINO `Core`, shared by every OpenVINO session: with a `Core` per session the test
+    suite's process died of a segmentation fault after five had been created (DEVELOPERS.md), the crash that
+    OpenVINO's issue #35338 reports for a second `Core` and that Ultralytics fixed by reusing one."""
+    global _openvino_core
+    with _openvino_core_lock:
+        if _openvino_core is None:
+            _openvino_core = openvino.Core()
+        return _openvino_core
+
+
 class OpenVINOSession:
     """OpenVINO's CPU runtime behind the part of ONNX Runtime's `InferenceSession` the project calls (`run`,
     `get_inputs`, `get_outputs`, `get_providers`), so that judging, serving and `pipelines bench` treat both
@@ -206,7 +221,7 @@ class OpenVINOSession:
         except ImportError:
             raise ProviderUnavailableError("OpenVINO was requested but it is not installed here: install the "
                                            "`openvino` extra (pip install openvino), or set PIPELINES_PROVIDER=cpu") from None
-        core = openvino.Core()
+        core = openvino_core(openvino)
         config = {"PERFORMANCE_HINT": "LATENCY", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
         source = core.read_model(io.BytesIO(model)) if isinstance(model, bytes) else str(model)
         self.compiled = core.compile_model(source, "CPU", config)

@@ -12,7 +12,7 @@ import pytest
 
 from export.parity import ELEMENTS_PER_RUN, ROWS_PER_RUN, case_outputs, in_slices, session_output
 from export.quantize import QuantizationGate, gate_problems, judge_case, metric_loss
-from services.loading import ServedModel, model_file, warn_if_judged_where_results_can_differ
+from services.loading import ServedModel, model_file
 from services.manifest import INT8_MODEL_FILE, MODEL_FILE, PARITY_FILE
 from services.runtime import CPU, OPENVINO, ProviderUnavailableError, cpu_name, create_session, this_machine
 from tests.helpers import bentoml_server
@@ -125,10 +125,9 @@ def test_serving_int8_says_where_it_was_judged_and_warns_only_where_results_can_
                              ({"runtime": f"OpenVINO 2026.4.1 CPU ({here_precision} inference)"}, False)):
         parity["int8"]["openvino"] = {"passed": True, **recorded}
         (folder / PARITY_FILE).write_text(json.dumps(parity))
-        caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="bentoml.service"):
-            warn_if_judged_where_results_can_differ("unet-int8:1", folder, "openvino", here_precision)
-        assert bool(caplog.records) == warned, recorded
+        # a load under OpenVINO per case: with a Core per session, the fifth crashed this process (DEVELOPERS.md)
+        served, warnings = served_with(folder, caplog)
+        assert bool(warnings) == warned, recorded
     parity["int8"]["judged_on"] = {"cpu": "Another CPU", "features": [], "int8_kernels": other}
 
     del parity["int8"]["weight_bits"]  # a file quantized with 8-bit weights, before they took 7
